@@ -1,0 +1,5 @@
+//! ringzero: one x86 machine model, run by binary translation or by KVM.
+
+pub mod memory;
+
+pub use memory::{GuestMemory, MemoryError};

@@ -1,0 +1,1 @@
+//! Lossless conversion between [`CpuState`](super::CpuState) and KVM's vCPU structures.
