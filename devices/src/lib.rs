@@ -6,7 +6,17 @@
 
 pub mod bus;
 pub mod control;
+pub mod debug_exit;
+pub mod fw_cfg;
+pub mod i8042;
 pub mod irq;
+pub mod pci;
+pub mod pic;
+pub mod pit;
+pub mod rtc;
+pub mod terminal;
+pub mod test_device;
+pub mod uart;
 
 pub use bus::{Bus, BusDevice, BusError, BusKind, SharedDevice};
 pub use control::{MachineControl, MachineEvent};

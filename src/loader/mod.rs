@@ -1,0 +1,4 @@
+//! (being written)
+pub mod bzimage;
+pub mod flat;
+pub mod multiboot;
