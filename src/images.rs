@@ -1,1 +1,198 @@
-//! (being written)
+//! Guest images written in this project (`test-images/`), assembled by `build.rs` at build time.
+//!
+//! They are the machine's smoke tests and demo: small enough to run under both backends on a
+//! software hypervisor, deterministic so their serial output can be compared byte for byte, and
+//! self-checking so a wrong answer shows up as a failing debug-exit status. Their memory maps,
+//! output formats and exit values are documented next to the sources and in
+//! `docs/demo-guest.md`.
+
+/// The process exit status the VMM reports when a guest writes `value` to the debug-exit port.
+pub const fn debug_exit_status(value: u32) -> i32 {
+    ((value << 1) | 1) as i32
+}
+
+/// The demo guest: a flat image entered in real mode that goes through protected mode, long mode,
+/// PIT interrupts and a ring-3 compute kernel (`test-images/demo/`).
+pub const DEMO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/demo.bin"));
+
+/// Guest-physical address the demo is linked for and must be loaded at (entry 0000:8000).
+pub const DEMO_LOAD_ADDR: u64 = 0x8000;
+
+/// Everything the demo prints on COM1 when it works, byte for byte.
+pub const DEMO_EXPECTED_OUTPUT: &str = include_str!("../test-images/demo/expected-output.txt");
+
+/// Debug-exit value the demo writes after printing its last line.
+pub const DEMO_EXIT_VALUE: u32 = 0x10;
+
+/// Process exit status of a successful demo run: `(0x10 << 1) | 1` = 33.
+pub const DEMO_EXIT_STATUS: i32 = debug_exit_status(DEMO_EXIT_VALUE);
+
+/// Debug-exit value the demo writes when an unexpected exception reaches its handler.
+pub const DEMO_EXIT_EXCEPTION: u32 = 0x11;
+
+/// Debug-exit value the demo writes when one of its self-checks fails.
+pub const DEMO_EXIT_CHECK_FAILED: u32 = 0x12;
+
+/// The Multiboot v1 test kernel: an ELF32 linked at 1 MiB (`test-images/multiboot/`).
+pub const MULTIBOOT_TEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/multiboot.elf"));
+
+/// Debug-exit value of the Multiboot kernel when every check passed (any failure writes 1).
+pub const MULTIBOOT_EXIT_VALUE: u32 = 0;
+
+/// Process exit status of a passing Multiboot kernel run: 1.
+pub const MULTIBOOT_EXIT_STATUS: i32 = debug_exit_status(MULTIBOOT_EXIT_VALUE);
+
+/// The flat real-mode test image (`test-images/flat/`).
+pub const FLAT_TEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flat.bin"));
+
+/// Load address of the flat test: above 64 KiB, so it is entered at 1000:0000 (segment != 0).
+pub const FLAT_TEST_LOAD_ADDR: u64 = 0x10000;
+
+/// Everything the flat test prints on COM1 when it works.
+pub const FLAT_EXPECTED_OUTPUT: &str = include_str!("../test-images/flat/expected-output.txt");
+
+/// Debug-exit value of the flat test when every check passed (a failure writes 0x09).
+pub const FLAT_EXIT_VALUE: u32 = 0x08;
+
+/// Process exit status of a passing flat test run: 17.
+pub const FLAT_EXIT_STATUS: i32 = debug_exit_status(FLAT_EXIT_VALUE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO_SOURCE: &str = include_str!("../test-images/demo/demo.S");
+
+    /// The value of `.equ name, value` in the demo's source.
+    fn demo_equ(name: &str) -> u64 {
+        let prefix = format!(".equ {name},");
+        let line = DEMO_SOURCE
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{name} not defined in demo.S"));
+        let value = line[prefix.len()..].split('#').next().unwrap_or("").trim();
+        match value.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => value.parse(),
+        }
+        .unwrap_or_else(|e| panic!("{name} = {value:?}: {e}"))
+    }
+
+    /// A Rust transcription of the ring-3 kernel (checksum.py is the primary reference).
+    fn reference_checksum(words: usize, rounds: u64, seed: u64, basis: u64, prime: u64) -> u64 {
+        let mut x = seed;
+        let mut buf = Vec::with_capacity(words);
+        for _ in 0..words {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            buf.push(x as u32);
+        }
+        let mut h = basis;
+        for r in 0..rounds {
+            for i in 0..words {
+                let a = buf[i];
+                let b = buf[a as usize & (words - 1)];
+                h = (h ^ u64::from(a)).wrapping_mul(prime);
+                buf[i] = if a & 1 == 1 {
+                    a.wrapping_add(b.wrapping_mul(3))
+                } else {
+                    (a >> 3) ^ b
+                };
+            }
+            let d = 2 * r + 3;
+            h = h.wrapping_add((h / d) ^ (h % d));
+            h = h.rotate_left((r & 63) as u32);
+        }
+        h ^ buf.iter().map(|&w| u64::from(w)).sum::<u64>()
+    }
+
+    #[test]
+    fn demo_checksum_line_matches_the_kernel_in_demo_s() {
+        let words = demo_equ("N_WORDS");
+        assert!(words.is_power_of_two());
+        let sum = reference_checksum(
+            words as usize,
+            demo_equ("ROUNDS"),
+            demo_equ("XORSHIFT_SEED"),
+            demo_equ("FNV_BASIS"),
+            demo_equ("FNV_PRIME"),
+        );
+        let line = format!("demo: checksum=0x{sum:016x}\n");
+        assert!(
+            DEMO_EXPECTED_OUTPUT.contains(&line),
+            "expected-output.txt lacks {line:?}"
+        );
+    }
+
+    #[test]
+    fn demo_expected_output_is_fixed_text() {
+        let lines: Vec<_> = DEMO_EXPECTED_OUTPUT.lines().collect();
+        assert_eq!(lines.len(), 10);
+        assert!(lines.iter().all(|l| l.starts_with("demo: ")));
+        assert!(DEMO_EXPECTED_OUTPUT.ends_with("demo: all stages passed\n"));
+        assert!(DEMO_EXPECTED_OUTPUT.is_ascii());
+    }
+
+    #[test]
+    fn demo_is_a_small_real_mode_image_at_its_load_address() {
+        assert!(
+            !DEMO.is_empty() && DEMO.len() < 16 * 1024,
+            "{} bytes",
+            DEMO.len()
+        );
+        assert_eq!(DEMO[0], 0xFA, "first instruction is cli");
+        // 16 KiB at most: 0xc000-0xffff stays free for the real-mode stack (pushes from 0xfffe).
+        assert!(DEMO_LOAD_ADDR + DEMO.len() as u64 <= 0xC000);
+        assert_eq!(demo_equ("EXIT_SUCCESS"), u64::from(DEMO_EXIT_VALUE));
+        assert_eq!(demo_equ("EXIT_EXCEPTION"), u64::from(DEMO_EXIT_EXCEPTION));
+        assert_eq!(demo_equ("EXIT_CHECK"), u64::from(DEMO_EXIT_CHECK_FAILED));
+    }
+
+    #[test]
+    fn exit_statuses_follow_isa_debug_exit() {
+        assert_eq!(DEMO_EXIT_STATUS, 33);
+        assert_eq!(MULTIBOOT_EXIT_STATUS, 1);
+        assert_eq!(FLAT_EXIT_STATUS, 17);
+    }
+
+    fn le32(bytes: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn multiboot_test_is_elf32_with_a_valid_header_in_its_first_8k() {
+        let elf = MULTIBOOT_TEST;
+        assert_eq!(&elf[..4], b"\x7fELF");
+        assert_eq!(elf[4], 1, "ELFCLASS32");
+        assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 3, "EM_386");
+        let entry = le32(elf, 24);
+        assert!((0x10_0000..0x20_0000).contains(&entry), "entry {entry:#x}");
+        let header = (0..elf.len().min(8192) - 12)
+            .step_by(4)
+            .find(|&off| le32(elf, off) == 0x1BAD_B002)
+            .expect("multiboot header");
+        let (magic, flags, sum) = (
+            le32(elf, header),
+            le32(elf, header + 4),
+            le32(elf, header + 8),
+        );
+        assert_eq!(magic.wrapping_add(flags).wrapping_add(sum), 0);
+        assert_eq!(
+            flags & (1 << 16),
+            0,
+            "loaded by its ELF headers, not the a.out fields"
+        );
+    }
+
+    #[test]
+    fn flat_test_exercises_a_nonzero_segment() {
+        assert!(!FLAT_TEST.is_empty() && FLAT_TEST.len() < 0x8000);
+        const { assert!(FLAT_TEST_LOAD_ADDR > 0xFFFF && FLAT_TEST_LOAD_ADDR & 0xF == 0) };
+        let cs = FLAT_TEST_LOAD_ADDR >> 4;
+        let line = format!("flat: real mode ok cs={cs:04x}\n");
+        assert!(FLAT_EXPECTED_OUTPUT.contains(&line));
+        assert!(FLAT_EXPECTED_OUTPUT.ends_with("flat: all checks passed\n"));
+    }
+}
