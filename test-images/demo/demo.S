@@ -43,6 +43,8 @@
         .equ EXIT_CHECK, 0x12           # status 37: a self-check failed
 
         .equ TICKS_WANTED, 3
+        .equ EXC_STUB_SIZE, 16          # bytes per exception stub (defined before any use:
+                                        # gas reads a forward-referenced name as memory)
         .equ PIT_DIVISOR, 1193          # 1.193182 MHz / 1193 = ~1 kHz
 
         # Compute kernel parameters; test-images/demo/checksum.py must use the same values.
@@ -342,7 +344,6 @@ check_fail:
 
 # Exception stubs, EXC_STUB_SIZE bytes each so the IDT loop can step through them. Vectors
 # without a CPU-pushed error code push a zero so every frame looks the same.
-        .equ EXC_STUB_SIZE, 16
         .balign EXC_STUB_SIZE
 exc_stubs:
         .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
