@@ -6,6 +6,8 @@
 
 pub mod kvm;
 
+pub use kvm::{KvmExtras, StateError};
+
 /// Index of each general-purpose register in [`CpuState::gpr`], in x86 encoding order.
 #[allow(missing_docs)]
 pub mod reg {
@@ -340,6 +342,8 @@ pub struct CpuState {
     pub events: PendingEvents,
     /// The CPU is halted (HLT) waiting for an interrupt.
     pub halted: bool,
+    /// KVM-reported bits the fields above do not model, kept so KVM round trips are exact.
+    pub kvm_extras: kvm::KvmExtras,
 }
 
 impl Default for CpuState {
@@ -372,8 +376,14 @@ impl Default for CpuState {
             gs: Segment::real_mode(0),
             ldtr: Segment { base: 0, ..ldtr },
             tr: Segment { base: 0, ..tr },
-            gdtr: DescriptorTable { base: 0, limit: 0xffff },
-            idtr: DescriptorTable { base: 0, limit: 0xffff },
+            gdtr: DescriptorTable {
+                base: 0,
+                limit: 0xffff,
+            },
+            idtr: DescriptorTable {
+                base: 0,
+                limit: 0xffff,
+            },
             cr0: ctl::CR0_ET | ctl::CR0_CD | ctl::CR0_NW,
             cr2: 0,
             cr3: 0,
@@ -389,6 +399,7 @@ impl Default for CpuState {
             msrs: Vec::new(),
             events: PendingEvents::default(),
             halted: false,
+            kvm_extras: kvm::KvmExtras::default(),
         }
     }
 }
@@ -485,8 +496,14 @@ mod tests {
     fn descriptor_encoding_matches_known_gdt_entries() {
         // The flat 64-bit kernel code and data descriptors Linux and Firecracker use.
         assert_eq!(Segment::code64(0x10).to_descriptor(), 0x00af_9b00_0000_ffff);
-        assert_eq!(Segment::flat32(0x18, false).to_descriptor(), 0x00cf_9300_0000_ffff);
-        assert_eq!(Segment::flat32(0x08, true).to_descriptor(), 0x00cf_9b00_0000_ffff);
+        assert_eq!(
+            Segment::flat32(0x18, false).to_descriptor(),
+            0x00cf_9300_0000_ffff
+        );
+        assert_eq!(
+            Segment::flat32(0x08, true).to_descriptor(),
+            0x00cf_9b00_0000_ffff
+        );
     }
 
     #[test]
