@@ -22,6 +22,11 @@
 //! with the capability the two are distinct and the payload (CR2 for #PF, DR6 bits for #DB) is
 //! kept in [`KvmExtras::exception_payload`], not yet applied to CR2/DR6. This module does not
 //! enable the capability; it converts whichever form the flags say.
+//!
+//! FPU: with XSAVE the XSAVE image is the authority. `KVM_GET_FPU` never reports MXCSR (always
+//! 0) and shows stale buffer bytes for components in their init state; those differences are
+//! kept in [`KvmExtras::stale_fpu`] so `fpu` round trips, and a restore should use
+//! `KVM_SET_XSAVE`. Without XSAVE the MXCSR KVM reports (0) is all there is.
 
 use super::{msr, CpuState, DescriptorTable, FpuState, PendingEvents, Segment};
 use kvm_bindings::{
@@ -222,6 +227,10 @@ pub struct KvmExtras {
     pub stale_interrupt_nr: u8,
     /// `mp_state` when it is neither RUNNABLE nor HALTED (e.g. an AP in INIT_RECEIVED).
     pub mp_state: Option<u32>,
+    /// With XSAVE: what `KVM_GET_FPU` reported where it differs from the XSAVE image, so `fpu`
+    /// round trips too: its MXCSR (KVM_GET_FPU always says 0) and the x87/XMM fields of
+    /// components in their init state (KVM shows its raw buffer there). `None` when it agrees.
+    pub stale_fpu: Option<FpuState>,
     /// KVM had no `KVM_CAP_XSAVE` (`KvmVcpuState::xsave` is `None`).
     pub xsave_absent: bool,
     /// The XSAVE area with the bytes `FpuState` models zeroed (MXCSR_MASK, XCOMP_BV, components
@@ -243,6 +252,7 @@ impl Default for KvmExtras {
             exception_payload: 0,
             stale_interrupt_nr: 0,
             mp_state: None,
+            stale_fpu: None,
             xsave_absent: false,
             xsave_rest: Vec::new(),
             xcrs: XcrsForm::Xcr0,
@@ -494,6 +504,43 @@ fn implied_xstate_bv(f: &FpuState) -> u64 {
     bv
 }
 
+/// `view` with the x87/SSE fields of XSAVE components in their init state (XSTATE_BV bit clear),
+/// and MXCSR, taken from `stale`: what `KVM_GET_FPU` shows there is the raw buffer, not the init
+/// values, and it leaves MXCSR out altogether.
+fn merge_stale_fpu(view: &FpuState, stale: &FpuState) -> FpuState {
+    let bv = view.xstate_bv;
+    let mut f = view.clone();
+    if bv & XFEATURE_FP == 0 {
+        f.st = stale.st;
+        f.fcw = stale.fcw;
+        f.fsw = stale.fsw;
+        f.ftw = stale.ftw;
+        f.fop = stale.fop;
+        f.fip = stale.fip;
+        f.fdp = stale.fdp;
+    }
+    if bv & XFEATURE_SSE == 0 {
+        f.xmm = stale.xmm;
+    }
+    // KVM_GET_FPU never fills in MXCSR (it reports 0); only the XSAVE image has the real one.
+    f.mxcsr = stale.mxcsr;
+    f
+}
+
+/// What [`KvmExtras::stale_fpu`] keeps of KVM's `kvm_fpu` given the XSAVE view `view`.
+fn stale_fpu_from_kvm(view: &FpuState, k: &kvm_fpu) -> Option<FpuState> {
+    let reported = FpuState {
+        ymm_hi: view.ymm_hi,
+        xstate_bv: view.xstate_bv,
+        ..fpu_from_kvm(k)
+    };
+    let merged = merge_stale_fpu(view, &reported);
+    if merged != reported {
+        log::warn!("KVM_GET_FPU disagrees with KVM_GET_XSAVE on live state; XSAVE wins");
+    }
+    (merged != *view).then_some(merged)
+}
+
 /// `kvm_fpu` to [`FpuState`] (no AVX halves; XSTATE_BV names the non-init components).
 fn fpu_from_kvm(k: &kvm_fpu) -> FpuState {
     let mut f = FpuState {
@@ -707,12 +754,16 @@ impl CpuState {
         let s = &k.sregs;
         let mut extras = KvmExtras::default();
 
-        let (fpu, xsave_rest) = match &k.xsave {
-            Some(x) => fpu_from_xsave(&xsave_bytes(x)),
-            None => (fpu_from_kvm(&k.fpu), Vec::new()),
+        let fpu = match &k.xsave {
+            Some(x) => {
+                let (fpu, rest) = fpu_from_xsave(&xsave_bytes(x));
+                extras.xsave_rest = rest;
+                extras.stale_fpu = stale_fpu_from_kvm(&fpu, &k.fpu);
+                fpu
+            }
+            None => fpu_from_kvm(&k.fpu),
         };
         extras.xsave_absent = k.xsave.is_none();
-        extras.xsave_rest = xsave_rest;
 
         let xcr0 = match &k.xcrs {
             None => {
@@ -852,7 +903,11 @@ impl CpuState {
             let image = fpu_to_xsave(&self.fpu, &x.xsave_rest);
             // Re-read so `fpu` carries exactly what the XSAVE image says (XSTATE_BV included).
             let (view, _) = fpu_from_xsave(&image);
-            (fpu_to_kvm(&view), Some(xsave_from_bytes(&image)))
+            let fpu = match &x.stale_fpu {
+                Some(stale) => merge_stale_fpu(&view, stale),
+                None => view,
+            };
+            (fpu_to_kvm(&fpu), Some(xsave_from_bytes(&image)))
         };
         let xcrs = match x.xcrs {
             XcrsForm::Unavailable => None,
@@ -1126,7 +1181,17 @@ mod tests {
             (fpu, None)
         } else {
             let image = kvm_xsave_random(r);
-            let mut fpu = fpu_to_kvm(&fpu_from_xsave(&image).0);
+            let view = fpu_from_xsave(&image).0;
+            // KVM_GET_FPU shows stale buffer contents for components in their init state.
+            let stale = FpuState {
+                st: std::array::from_fn(|_| r.bytes()),
+                fcw: r.u16(),
+                fip: r.next(),
+                xmm: std::array::from_fn(|_| r.bytes()),
+                mxcsr: r.u32(),
+                ..FpuState::default()
+            };
+            let mut fpu = fpu_to_kvm(&merge_stale_fpu(&view, &stale));
             fpu.pad1 = r.u8();
             (fpu, Some(xsave_from_bytes(&image)))
         };
