@@ -154,6 +154,9 @@ fn cpu_state_round_trips_through_a_real_kvm_vcpu() {
     want.set_msr(msr::LSTAR, 0xffff_ffff_8100_0000);
     want.set_msr(msr::SFMASK, 0x4_0700);
     want.dr[0] = 0x4000;
+    // A hardware interrupt waiting for delivery (sregs bitmap + events) and a pending NMI.
+    want.events.interrupt = Some(0x30);
+    want.events.nmi_pending = true;
     if readable.contains(&msr::TSC_AUX) {
         want.set_msr(msr::TSC_AUX, 3);
     }
@@ -166,6 +169,12 @@ fn cpu_state_round_trips_through_a_real_kvm_vcpu() {
         raw.fpu.xmm[0], *b"ringzero-xmm0-ok",
         "KVM_GET_FPU sees XMM0"
     );
+    assert_eq!(raw.sregs.interrupt_bitmap, [1 << 0x30, 0, 0, 0]);
+    assert_eq!(
+        (raw.events.interrupt.injected, raw.events.interrupt.nr),
+        (1, 0x30)
+    );
+    assert_eq!(raw.events.nmi.pending, 1);
     // KVM_GET_FPU never reports MXCSR; the XSAVE image holds it at byte 24.
     match &raw.xsave {
         Some(x) => assert_eq!(x.region[6], 0x1fa0),
