@@ -16,29 +16,30 @@
 //! guest ([`e820_map`]), which is the same for Linux (boot_params) and Multiboot (mmap).
 //!
 //! ```text
-//!             e820      Linux bzImage              Multiboot                  Flat
-//! 0x0000_0000 usable    (IVT, untouched)           (IVT, untouched)           image anywhere in
-//! 0x0000_0500           GDT: null,null,code64      GDT: null,code32,data      [0, 1 MiB) that is
-//!                       0x10, data 0x18            0x08/0x10 (first fit)      RAM; real-mode
-//! 0x0000_7000           zero page (boot_params)    info block, cmdline,       entry, SP = 0
-//! 0x0000_8ff0           initial RSP                loader name, mmap,
-//! 0x0000_9000           PML4                       module list and strings,
-//! 0x0000_a000           PDPT                       a 4 KiB stack: first fit
-//! 0x0000_b000-0xefff    4 PDs (2 MiB pages,        from 0x1000 below 0x9fc00
-//!                       identity-map 0..4 GiB)     avoiding the kernel
-//! 0x0002_0000           command line (NUL-term.)
-//! 0x0009_fc00 reserved  EBDA, VGA, BIOS area       (same)
-//! 0x0010_0000 usable    protected-mode kernel      PT_LOAD segments at p_paddr;
-//!                       (relocates itself to       modules page-aligned after
-//!                       pref_address, needs        the highest segment
-//!                       init_size bytes there)
-//!   ...                 initrd: as high as allowed (info spills here if low
-//!                       below min(initrd_addr_max, memory is taken)
-//!                       end of low RAM), 4 KiB
-//!                       aligned
-//! low RAM end           (MMIO hole up to 4 GiB: not in the e820 map)
-//! 0x1_0000_0000 usable  RAM above 4 GiB if the machine has more than 3 GiB
+//! address       e820      Linux bzImage                  Multiboot
+//! 0x0000_0000   usable    IVT, BDA (untouched)           IVT, BDA (untouched)
+//! 0x0000_0500             GDT: null, null, code64 0x10,  GDT (null, code32 0x08, data 0x10),
+//!                         data 0x18                      4 KiB stack (ESP at its top), info
+//! 0x0000_7000             zero page (boot_params)        block, cmdline, "ringzero", mmap,
+//! 0x0000_8ff0             initial RSP                    module list and module strings:
+//! 0x0000_9000             PML4                           first fit upwards from 0x500 below
+//! 0x0000_a000             PDPT                           0x9fc00, skipping kernel segments
+//! 0x0000_b000             4 PDs, 2 MiB pages:            (spill above 1 MiB if no room)
+//!                         identity map of 0..4 GiB
+//! 0x0002_0000             command line, NUL-terminated
+//! 0x0009_fc00   reserved  EBDA, VGA, BIOS area           (same)
+//! 0x0010_0000   usable    protected-mode kernel; it      PT_LOAD segments at p_paddr (or the
+//!                         moves to pref_address and      a.out-kludge load area); modules,
+//!                         needs init_size bytes there    page-aligned, after the highest one
+//!   ...                   initrd: page-aligned, as high
+//!                         as initrd_addr_max and RAM
+//!                         allow, above the kernel
+//! low RAM end             (MMIO hole up to 4 GiB: not in the e820 map)
+//! 0x1_0000_0000 usable    RAM above 4 GiB when the machine has more than 3 GiB
 //! ```
+//!
+//! A flat image goes wherever it is asked to in the first MiB (the demo at `0x8000`), and the
+//! loader writes nothing else: no GDT, no IVT, no memory map.
 //!
 //! Every failure is a [`LoadError`] whose message reads as one line a user understands.
 

@@ -21,8 +21,9 @@
 //! The info block has MEM (mem_lower = 639 KiB, mem_upper = KiB from 1 MiB to the MMIO hole),
 //! CMDLINE (the command line alone, without a kernel path), MODS, MMAP (the e820 map of
 //! [`crate::loader`]) and BOOT_LOADER_NAME ("ringzero"). It, its strings, the GDT and the stack
-//! go in conventional memory below the EBDA where free; modules go page-aligned after the
-//! kernel's highest segment. Nothing ever overlaps a loaded segment.
+//! go in conventional memory from 0x500 up to the EBDA where free (so the GDT normally sits at
+//! 0x500); modules go page-aligned after the kernel's highest segment. Nothing ever overlaps a
+//! loaded segment.
 
 use super::{
     align_up, e820_map, fmt_cmdline, fmt_size, put_le, read_le, BootSetup, LoadError, EBDA_START,
@@ -73,6 +74,8 @@ const MMAP_ENTRY_SIZE: usize = 24;
 const LOADER_NAME: &str = "ringzero";
 /// Size of the initial stack ESP points into.
 const STACK_SIZE: u64 = 4096;
+/// First byte after the BIOS data area: where the loader's own structures may start.
+const LOW_FREE_START: u64 = 0x500;
 /// Multiboot kernels run in 32-bit mode: everything the loader places must be below this.
 const LIMIT_32BIT: u64 = 1 << 32;
 
@@ -309,10 +312,10 @@ struct Placer {
 }
 
 impl Placer {
-    /// Conventional memory above the IVT/BDA page and extended memory up to the MMIO hole.
+    /// Conventional memory above the IVT and BDA, and extended memory up to the MMIO hole.
     fn new(mem: &GuestMemory) -> Self {
         let low_end = mem.low_ram_end().min(LIMIT_32BIT);
-        let mut free = vec![(0x1000, EBDA_START.min(low_end))];
+        let mut free = vec![(LOW_FREE_START, EBDA_START.min(low_end))];
         if low_end > HIGH_MEMORY {
             free.push((HIGH_MEMORY, low_end));
         }
@@ -695,7 +698,7 @@ mod tests {
             );
         }
         // The GDT in memory describes exactly the loaded segments.
-        assert_eq!(c.gdtr.limit, 23);
+        assert_eq!((c.gdtr.base, c.gdtr.limit), (0x500, 23));
         assert_eq!(m.read_le::<8>(c.gdtr.base).unwrap(), 0);
         assert_eq!(
             m.read_le::<8>(c.gdtr.base + 8).unwrap(),
@@ -773,7 +776,7 @@ mod tests {
         let m = mem();
         // A kernel covering most of conventional memory leaves the info block no room there.
         let text = [0x90u8; 16];
-        let img = elf32(0x1000, &[(0x1000, 0x1000, &text, 0x9ec00)], 0);
+        let img = elf32(0x500, &[(0x500, 0x500, &text, 0x9f700)], 0);
         let c = load_multiboot(&m, &img, "x", &[]).unwrap().cpu;
         let info = c.gpr[reg::RBX];
         assert!(info >= HIGH_MEMORY, "{info:#x}");
@@ -1019,7 +1022,7 @@ mod tests {
     fn placer_first_fit() {
         let m = mem();
         let mut p = Placer::new(&m);
-        p.reserve(0x1000, 0x3000);
+        p.reserve(0x500, 0x3000);
         assert_eq!(p.alloc(0x10, 16, 0), Some(0x3000));
         assert_eq!(p.alloc(0x1000, 4096, 0), Some(0x4000));
         assert_eq!(p.alloc(0x10, 16, 0x9_0000), Some(0x9_0000));
