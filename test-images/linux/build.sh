@@ -27,7 +27,7 @@ BUSYBOX_SHA256=3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SCRIPT="$HERE/$(basename "${BASH_SOURCE[0]}")"
-CACHE_ROOT=${RINGZERO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ringzero}
+CACHE_ROOT=${RINGZERO_CACHE:-${XDG_CACHE_HOME:-${HOME:?is not set: set RINGZERO_CACHE}/.cache}/ringzero}
 LINUX_CACHE=$CACHE_ROOT/linux
 DEB_CACHE=$LINUX_CACHE/debs
 ENTRY=$LINUX_CACHE/$KERNEL_ABI
@@ -245,6 +245,7 @@ EOF
 
     {
         echo "# ringzero Linux yardstick, written by test-images/linux/build.sh"
+        echo "# lines: package <name> <version> <sha256 of the .deb>; output <file> <sha256>"
         echo "kernel-version $KERNEL_ABI"
         echo "recipe $(recipe_hash)"
         echo "package $KERNEL_PKG $KERNEL_VERSION $(sha256_of "$kernel_deb")"

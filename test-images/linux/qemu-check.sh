@@ -6,11 +6,12 @@
 #
 # Usage: test-images/linux/qemu-check.sh [--accel tcg|kvm]   (default tcg)
 # Needs qemu-system-x86_64 (installed with apt-get when missing and running as root).
+# QEMU_CHECK_TIMEOUT (seconds, default 180) bounds each boot.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ACCEL=tcg
-TIMEOUT=180
+TIMEOUT=${QEMU_CHECK_TIMEOUT:-180} # seconds per boot
 
 log() { printf 'qemu-check: %s\n' "$*" >&2; }
 die() {
@@ -25,7 +26,7 @@ while [[ $# -gt 0 ]]; do
         shift 2
         ;;
     -h | --help)
-        sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+        sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
         exit 0
         ;;
     *) die "unknown option '$1'" ;;
@@ -51,6 +52,7 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
