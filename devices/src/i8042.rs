@@ -76,14 +76,14 @@ enum Source {
     Aux { timeout: bool },
 }
 
-/// What the next write to the data port is for, after a controller command that takes one.
+/// What the next data-port write goes to, after a controller command that takes an argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ControllerArg {
-    WriteRam(u8),
-    WriteOutputPort,
-    WriteKbdBuffer,
-    WriteAuxBuffer,
-    WriteAuxDevice,
+    Ram(u8),
+    OutputPort,
+    KbdBuffer,
+    AuxBuffer,
+    AuxDevice,
 }
 
 /// A keyboard command that takes an argument byte.
@@ -296,7 +296,7 @@ impl I8042 {
                 let v = self.ram[usize::from(cmd & 0x1f)];
                 self.push_controller(v, Source::Keyboard);
             }
-            0x60..=0x7f => self.pending = Some(ControllerArg::WriteRam(cmd & 0x1f)),
+            0x60..=0x7f => self.pending = Some(ControllerArg::Ram(cmd & 0x1f)),
             0xa7 => self.ram[0] |= CTR_AUX_DISABLE,
             0xa8 => self.ram[0] &= !CTR_AUX_DISABLE,
             // Interface tests: 0 = no error on the clock and data lines.
@@ -313,10 +313,10 @@ impl I8042 {
                 let v = self.output_port_value();
                 self.push_controller(v, Source::Keyboard);
             }
-            0xd1 => self.pending = Some(ControllerArg::WriteOutputPort),
-            0xd2 => self.pending = Some(ControllerArg::WriteKbdBuffer),
-            0xd3 => self.pending = Some(ControllerArg::WriteAuxBuffer),
-            0xd4 => self.pending = Some(ControllerArg::WriteAuxDevice),
+            0xd1 => self.pending = Some(ControllerArg::OutputPort),
+            0xd2 => self.pending = Some(ControllerArg::KbdBuffer),
+            0xd3 => self.pending = Some(ControllerArg::AuxBuffer),
+            0xd4 => self.pending = Some(ControllerArg::AuxDevice),
             0xf0..=0xff => {
                 if cmd & 0x01 == 0 {
                     self.reset_machine("pulse output line");
@@ -329,14 +329,14 @@ impl I8042 {
     fn write_data(&mut self, v: u8) {
         self.status &= !STATUS_CMD;
         match self.pending.take() {
-            Some(ControllerArg::WriteRam(idx)) => {
+            Some(ControllerArg::Ram(idx)) => {
                 self.ram[usize::from(idx & 0x1f)] = v;
                 if idx == 0 {
                     // The SYS flag in the status register follows the command byte.
                     self.status = (self.status & !STATUS_SYS) | (v & CTR_SYS);
                 }
             }
-            Some(ControllerArg::WriteOutputPort) => {
+            Some(ControllerArg::OutputPort) => {
                 self.outport = v;
                 if v & OUTPORT_A20 == 0 {
                     log::debug!("i8042: guest disabled A20 (not emulated)");
@@ -345,11 +345,11 @@ impl I8042 {
                     self.reset_machine("output port reset bit cleared");
                 }
             }
-            Some(ControllerArg::WriteKbdBuffer) => self.push_controller(v, Source::Keyboard),
-            Some(ControllerArg::WriteAuxBuffer) => {
+            Some(ControllerArg::KbdBuffer) => self.push_controller(v, Source::Keyboard),
+            Some(ControllerArg::AuxBuffer) => {
                 self.push_controller(v, Source::Aux { timeout: false })
             }
-            Some(ControllerArg::WriteAuxDevice) => {
+            Some(ControllerArg::AuxDevice) => {
                 // Writing to the AUX device enables the interface, as on real controllers.
                 self.ram[0] &= !CTR_AUX_DISABLE;
                 // No device in the socket: the transmission times out.
