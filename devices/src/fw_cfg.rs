@@ -196,7 +196,10 @@ impl FwCfg {
     /// Sets the kernel command line: `CMDLINE_DATA` gets it NUL-terminated, `CMDLINE_SIZE` its
     /// length including the NUL (u32 little-endian). A NUL inside `cmdline` ends it early.
     pub fn set_cmdline(&mut self, cmdline: &[u8]) {
-        let end = cmdline.iter().position(|b| *b == 0).unwrap_or(cmdline.len());
+        let end = cmdline
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(cmdline.len());
         let mut data = cmdline.get(..end).unwrap_or_default().to_vec();
         data.push(0);
         let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
@@ -207,7 +210,9 @@ impl FwCfg {
 
     /// The bytes of the item at `key`, if present (for tests and the integrator).
     pub fn item(&self, key: u16) -> Option<&[u8]> {
-        self.items.get(&(key & !FW_CFG_WRITE_CHANNEL)).map(Vec::as_slice)
+        self.items
+            .get(&(key & !FW_CFG_WRITE_CHANNEL))
+            .map(Vec::as_slice)
     }
 
     /// Selects `key` and rewinds the read offset, as a guest write to the selector port does.
