@@ -13,9 +13,9 @@
 //! it is pending whenever the FIFO holds data below the trigger level, without waiting four
 //! character times.
 //!
-//! Interrupt priority follows the datasheet: line status > received data / timeout > THR empty
-//! > modem status. The interrupt output is driven level-style on the [`InterruptLine`] and, as
-//! in QEMU, is not gated by MCR.OUT2.
+//! Interrupt priority follows the datasheet: line status, then received data or timeout, then
+//! THR empty, then modem status. The interrupt output is driven level-style on the
+//! [`InterruptLine`] and, as in QEMU, is not gated by MCR.OUT2.
 
 use std::collections::VecDeque;
 use std::io::Write;
