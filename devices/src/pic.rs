@@ -879,8 +879,8 @@ mod tests {
         let notified = Arc::new(AtomicBool::new(false));
         let n = notified.clone();
         pic.set_notifier(Arc::new(move || n.store(true, Ordering::SeqCst)));
-        let line = crate::irq::SinkLine::new(pic.irq_sink(), 4);
-        line.set_level(true);
+        let sink = pic.irq_sink();
+        sink.set_irq(4, true);
         assert!(pic.has_pending_interrupt());
         assert!(notified.load(Ordering::SeqCst));
         assert_eq!(pic.acknowledge(), 0x34);
