@@ -1,7 +1,15 @@
 //! ringzero: one x86 machine model, run by binary translation or by KVM.
+//!
+//! - [`memory`]: guest RAM; [`loader`]: bzImage, Multiboot and flat images;
+//! - [`vcpu`]: the backend contract and exit vocabulary; [`kvm`]: the KVM backend;
+//! - [`machine`]: devices wired to buses and the run loop; [`cli`]: the command line.
 
+pub mod cli;
 pub mod images;
+pub mod kvm;
 pub mod loader;
+pub mod machine;
 pub mod memory;
+pub mod vcpu;
 
 pub use memory::{GuestMemory, MemoryError};

@@ -1,1 +1,120 @@
-fn main() {}
+//! The `ringzero` command line.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use ringzero::cli::{status, Cli, Command, RunArgs, SerialTarget};
+use ringzero::loader::{self, KernelKind};
+use ringzero::machine::{self, BootSource, MachineConfig, RunOutcome, DEFAULT_LINUX_CMDLINE};
+use ringzero_devices::terminal::{self, TerminalInput};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    terminal::install_restore_on_panic();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                status::HOST_ERROR
+            } else {
+                status::OK
+            });
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("ringzero: error: {e:#}");
+            ExitCode::from(status::HOST_ERROR)
+        }
+    }
+}
+
+fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+fn boot_source(args: &RunArgs) -> Result<BootSource> {
+    let cmdline = args.append.clone();
+    if let Some(path) = &args.kernel {
+        let kernel = read(path, "kernel")?;
+        let kind = loader::detect(&kernel).with_context(|| format!("kernel {}", path.display()))?;
+        let initrd = match &args.initrd {
+            Some(p) => Some(read(p, "initrd")?),
+            None => None,
+        };
+        return Ok(match kind {
+            KernelKind::BzImage => BootSource::Linux {
+                kernel,
+                initrd,
+                cmdline: cmdline.unwrap_or_else(|| DEFAULT_LINUX_CMDLINE.to_string()),
+            },
+            KernelKind::MultibootElf => multiboot(kernel, cmdline, args)?,
+        });
+    }
+    if let Some(path) = &args.multiboot {
+        let elf = read(path, "multiboot kernel")?;
+        return multiboot(elf, cmdline, args);
+    }
+    if args.initrd.is_some() || args.append.is_some() {
+        bail!("--initrd and --append need --kernel or --multiboot");
+    }
+    if let Some(flat) = &args.flat {
+        return Ok(BootSource::Flat {
+            image: read(&flat.path, "flat image")?,
+            addr: flat.addr,
+        });
+    }
+    Ok(BootSource::Demo)
+}
+
+fn multiboot(elf: Vec<u8>, cmdline: Option<String>, args: &RunArgs) -> Result<BootSource> {
+    let modules = match &args.initrd {
+        Some(p) => vec![(read(p, "module")?, p.display().to_string())],
+        None => Vec::new(),
+    };
+    Ok(BootSource::Multiboot {
+        elf,
+        cmdline: cmdline.unwrap_or_default(),
+        modules,
+    })
+}
+
+fn run(args: RunArgs) -> Result<u8> {
+    let boot = boot_source(&args)?;
+    let interactive = args.serial == SerialTarget::Stdio;
+    let config = MachineConfig {
+        accel: args.accel,
+        boot,
+        mem_size: args.mem,
+        serial: args.serial.clone(),
+        timeout: args.timeout,
+    };
+    let mut terminal = None;
+    let report = machine::run(config, |stop, uart| {
+        if interactive {
+            terminal = TerminalInput::start(uart, Box::new(move || stop.stop(RunOutcome::Quit)))
+                .map_err(|e| log::warn!("console input unavailable: {e}"))
+                .ok();
+        }
+    });
+    drop(terminal);
+    terminal::restore_terminal();
+    let report = report?;
+    if args.stats {
+        eprint!("{}", report.stats.report(report.backend, report.wall));
+    }
+    match report.outcome {
+        RunOutcome::TripleFault => eprintln!("ringzero: the guest triple-faulted (CPU shutdown)"),
+        RunOutcome::Timeout => eprintln!("ringzero: timeout: the guest was stopped"),
+        _ => {}
+    }
+    Ok(report.outcome.exit_status())
+}

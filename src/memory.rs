@@ -80,7 +80,7 @@ unsafe impl Sync for GuestMemory {}
 impl GuestMemory {
     /// Maps `size` bytes of RAM in the PC layout.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        if !(MIN_RAM..=MAX_RAM).contains(&size) || size % 4096 != 0 {
+        if !(MIN_RAM..=MAX_RAM).contains(&size) || !size.is_multiple_of(4096) {
             return Err(MemoryError::BadSize { size });
         }
         let low = size.min(MMIO_HOLE_START);
@@ -203,7 +203,13 @@ mod tests {
         let mut b = [0u8; 8];
         assert!(m.read((4 << 20) - 4, &mut b).is_err());
         assert!(m.write(u64::MAX - 2, &b).is_err());
-        assert!(matches!(GuestMemory::new(1000), Err(MemoryError::BadSize { .. })));
-        assert!(matches!(GuestMemory::new(1 << 20), Err(MemoryError::BadSize { .. })));
+        assert!(matches!(
+            GuestMemory::new(1000),
+            Err(MemoryError::BadSize { .. })
+        ));
+        assert!(matches!(
+            GuestMemory::new(1 << 20),
+            Err(MemoryError::BadSize { .. })
+        ));
     }
 }

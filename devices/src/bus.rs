@@ -116,7 +116,11 @@ impl Bus {
         match self.find(addr) {
             Some(e) => lock(&e.device).read(addr - e.base, data),
             None => {
-                log::debug!("{} read of {} bytes at {addr:#x}: no device", self.kind, data.len());
+                log::debug!(
+                    "{} read of {} bytes at {addr:#x}: no device",
+                    self.kind,
+                    data.len()
+                );
                 data.fill(0xff);
             }
         }
@@ -187,7 +191,8 @@ mod tests {
             Err(BusError::Overlap { base: 0x13, len: 2 })
         );
         bus.insert(0x14, 2, Arc::new(Mutex::new(Latch(0)))).unwrap();
-        bus.insert(0x0, 0x10, Arc::new(Mutex::new(Latch(0)))).unwrap();
+        bus.insert(0x0, 0x10, Arc::new(Mutex::new(Latch(0))))
+            .unwrap();
         let mut d = [0u8; 1];
         bus.read(0x12, &mut d);
         assert_eq!(d, [7]);
@@ -197,7 +202,10 @@ mod tests {
         assert!(!bus.contains(0x16));
         assert_eq!(
             bus.insert(u64::MAX, 2, Arc::new(Mutex::new(Latch(0)))),
-            Err(BusError::InvalidRange { base: u64::MAX, len: 2 })
+            Err(BusError::InvalidRange {
+                base: u64::MAX,
+                len: 2
+            })
         );
     }
 

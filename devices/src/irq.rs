@@ -27,9 +27,14 @@ pub struct SinkLine {
 
 impl SinkLine {
     /// Creates the line for input `irq` of `sink`.
-    pub fn new(sink: Arc<dyn IrqSink>, irq: u32) -> Arc<dyn InterruptLine> {
-        Arc::new(SinkLine { sink, irq })
+    pub fn new(sink: Arc<dyn IrqSink>, irq: u32) -> Self {
+        SinkLine { sink, irq }
     }
+}
+
+/// Input `irq` of `sink` as a shareable line, the form devices take.
+pub fn line(sink: &Arc<dyn IrqSink>, irq: u32) -> Arc<dyn InterruptLine> {
+    Arc::new(SinkLine::new(Arc::clone(sink), irq))
 }
 
 impl InterruptLine for SinkLine {

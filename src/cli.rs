@@ -1,0 +1,244 @@
+//! Command-line argument types and the parsers for sizes, durations and flat-image specs.
+//!
+//! Exit statuses of `ringzero run` (also in `--help` and the README):
+//! the guest's debug-exit status `(v << 1) | 1` (always odd); 0 when the guest powers off or
+//! resets the machine (or the user quits with Ctrl-A x); [`status::HOST_ERROR`] for bad input,
+//! usage errors and host failures; [`status::TRIPLE_FAULT`]; [`status::TIMEOUT`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Process exit statuses that are not the guest's own (all even: debug-exit statuses are odd).
+pub mod status {
+    /// Power-off, reset, or quit from the console.
+    pub const OK: u8 = 0;
+    /// Bad input (image, flag, size), an unavailable backend, or a host failure.
+    pub const HOST_ERROR: u8 = 2;
+    /// The guest triple-faulted and the CPU shut down.
+    pub const TRIPLE_FAULT: u8 = 4;
+    /// `--timeout` expired before the guest stopped.
+    pub const TIMEOUT: u8 = 6;
+}
+
+const AFTER_HELP: &str = "\
+Exit status of `run`: the guest's debug-exit status (v<<1)|1 when it writes v to port 0xf4;
+0 on power-off, guest reset or Ctrl-A x; 2 on bad input or a host error; 4 on a triple fault;
+6 when --timeout expires.";
+
+/// ringzero: a full-system x86 virtual machine (binary translation or KVM).
+#[derive(Debug, Parser)]
+#[command(name = "ringzero", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest (the built-in demo guest when no image is given).
+    #[command(after_help = AFTER_HELP)]
+    Run(RunArgs),
+}
+
+/// Which CPU backend runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    /// KVM when /dev/kvm opens and a VM can be created, else binary translation.
+    Auto,
+    /// Hardware assist on /dev/kvm.
+    Kvm,
+    /// Binary translation (needs no VT-x/AMD-V).
+    Bt,
+}
+
+/// Arguments of `ringzero run`.
+#[derive(Debug, Parser)]
+pub struct RunArgs {
+    /// CPU backend.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+    /// Linux bzImage (or a Multiboot ELF) to boot.
+    #[arg(long, value_name = "PATH", group = "image")]
+    pub kernel: Option<PathBuf>,
+    /// Multiboot v1 ELF kernel to boot (--initrd becomes its first module).
+    #[arg(long, value_name = "PATH", group = "image")]
+    pub multiboot: Option<PathBuf>,
+    /// Raw image loaded at ADDR (hex with 0x, or decimal) and entered in real mode.
+    #[arg(long, value_name = "PATH@ADDR", group = "image", value_parser = parse_flat)]
+    pub flat: Option<FlatSpec>,
+    /// Initial ramdisk (Linux) or first module (Multiboot).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    pub append: Option<String>,
+    /// Guest RAM, e.g. 512M, 2G, 65536K (suffixes K, M, G; plain numbers are bytes).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub mem: u64,
+    /// Where the UART's output goes: stdio (with keyboard input), file:PATH, or none.
+    #[arg(long, value_name = "TARGET", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialTarget,
+    /// Stop the guest after this long, e.g. 30s, 500ms, 2m (exit status 6).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print exits by reason and wall time when the guest stops (to stderr).
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// A `--flat PATH@ADDR` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlatSpec {
+    /// Image file.
+    pub path: PathBuf,
+    /// Guest physical load address.
+    pub addr: u64,
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialTarget {
+    /// The terminal: output to stdout, input from stdin.
+    Stdio,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+/// Parses a byte size with an optional K/M/G/T suffix (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("'{s}' is not a size (use e.g. 512M or 2G)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (use e.g. 512M or 2G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// Parses a duration: a number with ms, s, m or h (a plain number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let err = || format!("'{s}' is not a duration (use e.g. 30s, 500ms, 2m)");
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| err())?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1000.0,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(err()),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| err())
+}
+
+/// Parses `PATH@ADDR`.
+pub fn parse_flat(s: &str) -> Result<FlatSpec, String> {
+    let (path, addr) = s
+        .rsplit_once('@')
+        .ok_or_else(|| format!("'{s}' is not PATH@ADDR (e.g. boot.bin@0x7c00)"))?;
+    let addr = parse_u64(addr).ok_or_else(|| format!("'{addr}' is not an address"))?;
+    if path.is_empty() {
+        return Err(format!("'{s}' has no path before '@'"));
+    }
+    Ok(FlatSpec {
+        path: PathBuf::from(path),
+        addr,
+    })
+}
+
+/// Parses `stdio`, `none` or `file:PATH`.
+pub fn parse_serial(s: &str) -> Result<SerialTarget, String> {
+    match s {
+        "stdio" => Ok(SerialTarget::Stdio),
+        "none" => Ok(SerialTarget::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialTarget::File(PathBuf::from(p))),
+            _ => Err(format!(
+                "'{s}' is not a serial target (stdio, none, file:PATH)"
+            )),
+        },
+    }
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("65536K"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn flat_and_serial_specs() {
+        assert_eq!(
+            parse_flat("a@b.bin@0x7c00"),
+            Ok(FlatSpec {
+                path: "a@b.bin".into(),
+                addr: 0x7c00
+            })
+        );
+        assert_eq!(parse_flat("x@4096").map(|f| f.addr), Ok(4096));
+        assert!(parse_flat("noaddr").is_err());
+        assert!(parse_flat("@0x10").is_err());
+        assert!(parse_flat("x@zz").is_err());
+        assert_eq!(parse_serial("none"), Ok(SerialTarget::None));
+        assert_eq!(
+            parse_serial("file:/tmp/o"),
+            Ok(SerialTarget::File("/tmp/o".into()))
+        );
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("tcp:1").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,200 @@
+//! The contract between the machine and a CPU backend, and the one vocabulary of exits.
+//!
+//! A backend runs guest code until something needs the machine: it dispatches port and MMIO
+//! accesses to the buses itself (so a KVM `IoIn` is answered before the next `KVM_RUN`) and
+//! returns only the events that end or pause the run. Every exit, handled or not, is counted
+//! by [`ExitKind`] so the two backends report statistics in the same words.
+
+use std::fmt;
+use std::time::Duration;
+
+use ringzero_devices::Bus;
+use ringzero_translator::CpuState;
+
+/// Why control left guest code, in one vocabulary for every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExitKind {
+    /// `in`/`ins` from an I/O port.
+    PortIoIn,
+    /// `out`/`outs` to an I/O port.
+    PortIoOut,
+    /// A load from an MMIO address.
+    MmioRead,
+    /// A store to an MMIO address.
+    MmioWrite,
+    /// `hlt` with nothing to wake it inside the backend.
+    Halt,
+    /// The CPU shut down (triple fault).
+    Shutdown,
+    /// The host asked the vCPU to stop (timeout, escape key, signal).
+    Interrupted,
+    /// A debug event (single step, breakpoint).
+    Debug,
+    /// The hypervisor reported an internal error or failed to enter the guest.
+    InternalError,
+    /// An exit the backend does not classify further.
+    Other,
+}
+
+impl ExitKind {
+    /// Every kind, in display order.
+    pub const ALL: [ExitKind; 10] = [
+        ExitKind::PortIoIn,
+        ExitKind::PortIoOut,
+        ExitKind::MmioRead,
+        ExitKind::MmioWrite,
+        ExitKind::Halt,
+        ExitKind::Shutdown,
+        ExitKind::Interrupted,
+        ExitKind::Debug,
+        ExitKind::InternalError,
+        ExitKind::Other,
+    ];
+
+    /// Stable snake_case name used in `--stats` output and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::PortIoIn => "port_io_in",
+            ExitKind::PortIoOut => "port_io_out",
+            ExitKind::MmioRead => "mmio_read",
+            ExitKind::MmioWrite => "mmio_write",
+            ExitKind::Halt => "halt",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::Interrupted => "interrupted",
+            ExitKind::Debug => "debug",
+            ExitKind::InternalError => "internal_error",
+            ExitKind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Exit counts by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitStats {
+    counts: [u64; ExitKind::ALL.len()],
+}
+
+impl ExitStats {
+    /// Counts one exit of `kind`.
+    pub fn record(&mut self, kind: ExitKind) {
+        self.counts[kind as usize] += 1;
+    }
+
+    /// How many exits of `kind` were counted.
+    pub fn count(&self, kind: ExitKind) -> u64 {
+        self.counts[kind as usize]
+    }
+
+    /// Total exits of every kind.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The non-zero counts, in display order.
+    pub fn nonzero(&self) -> impl Iterator<Item = (ExitKind, u64)> + '_ {
+        ExitKind::ALL
+            .iter()
+            .map(|&k| (k, self.count(k)))
+            .filter(|&(_, n)| n > 0)
+    }
+
+    /// A human-readable table of the counts and the wall time.
+    pub fn report(&self, backend: &str, wall: Duration) -> String {
+        let mut s = format!(
+            "ringzero stats: backend={backend} wall_time={:.3}s exits={}\n",
+            wall.as_secs_f64(),
+            self.total()
+        );
+        for (k, n) in self.nonzero() {
+            s.push_str(&format!("  {:<16} {n:>12}\n", k.name()));
+        }
+        s
+    }
+}
+
+/// The buses a backend dispatches guest I/O to.
+pub struct IoBuses<'a> {
+    /// Port I/O bus.
+    pub pio: &'a Bus,
+    /// Memory-mapped I/O bus.
+    pub mmio: &'a Bus,
+}
+
+/// What ended a call to [`Vcpu::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuExit {
+    /// A device posted a machine event (see `MachineControl`); the machine decides what it means.
+    MachineEvent,
+    /// The CPU halted with no interrupt source the backend can wait for.
+    Halted,
+    /// Triple fault: the CPU shut down.
+    Shutdown,
+    /// The host kicked the vCPU (timeout, escape key).
+    Interrupted,
+}
+
+/// Errors a backend reports when it cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A hypervisor call failed.
+    #[error("{op} failed: {source}")]
+    Hypervisor {
+        /// Which operation.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The hypervisor could not run the guest any further.
+    #[error("the hypervisor stopped the guest: {0}")]
+    GuestFailure(String),
+    /// The CPU state could not be converted.
+    #[error("invalid CPU state: {0}")]
+    State(String),
+}
+
+/// One virtual CPU, run by some backend.
+pub trait Vcpu {
+    /// Short backend name (`kvm`, `bt`).
+    fn backend(&self) -> &'static str;
+    /// Runs guest code until an exit the machine must handle.
+    fn run(&mut self, io: &IoBuses<'_>) -> Result<VcpuExit, VcpuError>;
+    /// Reads the architectural state.
+    fn state(&mut self) -> Result<CpuState, VcpuError>;
+    /// Replaces the architectural state.
+    fn set_state(&mut self, state: &CpuState) -> Result<(), VcpuError>;
+    /// Exit counts so far.
+    fn stats(&self) -> &ExitStats;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_count_by_kind_and_report_nonzero_only() {
+        let mut s = ExitStats::default();
+        s.record(ExitKind::PortIoOut);
+        s.record(ExitKind::PortIoOut);
+        s.record(ExitKind::Halt);
+        assert_eq!(s.count(ExitKind::PortIoOut), 2);
+        assert_eq!(s.total(), 3);
+        let r = s.report("kvm", Duration::from_millis(1500));
+        assert!(r.contains("wall_time=1.500s exits=3"), "{r}");
+        assert!(r.contains("port_io_out"));
+        assert!(!r.contains("mmio_read"));
+    }
+
+    #[test]
+    fn kind_names_are_unique() {
+        let mut names: Vec<_> = ExitKind::ALL.iter().map(|k| k.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ExitKind::ALL.len());
+    }
+}
