@@ -4,6 +4,8 @@
 //! - [`vcpu`]: the backend contract and exit vocabulary; [`kvm`]: the KVM backend;
 //! - [`machine`]: devices wired to buses and the run loop; [`cli`]: the command line.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod images;
 pub mod kvm;
