@@ -6,10 +6,7 @@
 //! output formats and exit values are documented next to the sources and in
 //! `docs/demo-guest.md`.
 
-/// The process exit status the VMM reports when a guest writes `value` to the debug-exit port.
-pub const fn debug_exit_status(value: u32) -> i32 {
-    ((value << 1) | 1) as i32
-}
+use ringzero_devices::debug_exit::exit_status;
 
 /// The demo guest: a flat image entered in real mode that goes through protected mode, long mode,
 /// PIT interrupts and a ring-3 compute kernel (`test-images/demo/`).
@@ -25,7 +22,7 @@ pub const DEMO_EXPECTED_OUTPUT: &str = include_str!("../test-images/demo/expecte
 pub const DEMO_EXIT_VALUE: u32 = 0x10;
 
 /// Process exit status of a successful demo run: `(0x10 << 1) | 1` = 33.
-pub const DEMO_EXIT_STATUS: i32 = debug_exit_status(DEMO_EXIT_VALUE);
+pub const DEMO_EXIT_STATUS: i32 = exit_status(DEMO_EXIT_VALUE) as i32;
 
 /// Debug-exit value the demo writes when an unexpected exception reaches its handler.
 pub const DEMO_EXIT_EXCEPTION: u32 = 0x11;
@@ -40,7 +37,7 @@ pub const MULTIBOOT_TEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mult
 pub const MULTIBOOT_EXIT_VALUE: u32 = 0;
 
 /// Process exit status of a passing Multiboot kernel run: 1.
-pub const MULTIBOOT_EXIT_STATUS: i32 = debug_exit_status(MULTIBOOT_EXIT_VALUE);
+pub const MULTIBOOT_EXIT_STATUS: i32 = exit_status(MULTIBOOT_EXIT_VALUE) as i32;
 
 /// The flat real-mode test image (`test-images/flat/`).
 pub const FLAT_TEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flat.bin"));
@@ -55,7 +52,7 @@ pub const FLAT_EXPECTED_OUTPUT: &str = include_str!("../test-images/flat/expecte
 pub const FLAT_EXIT_VALUE: u32 = 0x08;
 
 /// Process exit status of a passing flat test run: 17.
-pub const FLAT_EXIT_STATUS: i32 = debug_exit_status(FLAT_EXIT_VALUE);
+pub const FLAT_EXIT_STATUS: i32 = exit_status(FLAT_EXIT_VALUE) as i32;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringzero_devices::{
-    debug_exit::DebugExit,
+    debug_exit::{self, DebugExit},
     fw_cfg::{self, FwCfg},
     i8042::I8042,
     irq,
@@ -106,7 +106,7 @@ impl RunOutcome {
     pub fn exit_status(self) -> u8 {
         match self {
             RunOutcome::PowerOff | RunOutcome::Reset | RunOutcome::Quit => status::OK,
-            RunOutcome::DebugExit(v) => ((v << 1) | 1) as u8,
+            RunOutcome::DebugExit(v) => debug_exit::exit_status(v),
             RunOutcome::TripleFault => status::TRIPLE_FAULT,
             RunOutcome::Timeout => status::TIMEOUT,
         }

@@ -17,9 +17,9 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 pub const DEBUG_EXIT_PORT_LEN: u64 = 4;
 
 /// The process exit status QEMU uses for a debug-exit write of `value`.
-pub fn exit_status(value: u32) -> i32 {
+pub const fn exit_status(value: u32) -> u8 {
     // Truncation matches QEMU, which hands `(val << 1) | 1` to exit() and the OS keeps 8 bits.
-    ((u64::from(value) << 1) | 1) as i32
+    ((value << 1) | 1) as u8
 }
 
 /// The debug-exit port: any write posts a [`MachineEvent::DebugExit`].
