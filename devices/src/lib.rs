@@ -4,6 +4,7 @@
 //! of the machine only through [`bus::BusDevice`], [`irq::InterruptLine`] and
 //! [`control::MachineControl`].
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod control;
 pub mod debug_exit;
