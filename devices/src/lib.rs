@@ -4,6 +4,8 @@
 //! of the machine only through [`bus::BusDevice`], [`irq::InterruptLine`] and
 //! [`control::MachineControl`].
 
+#![warn(missing_docs)]
+
 pub mod acpi_pm;
 pub mod bus;
 pub mod control;

@@ -4,6 +4,8 @@
 //! (decode, two tiers, code cache, MMU) is tracked in the project's translator issues and lands
 //! in increments in modules added here.
 
+#![warn(missing_docs)]
+
 pub mod state;
 
 pub use state::{CpuMode, CpuState, DescriptorTable, FpuState, PendingEvents, Segment};
