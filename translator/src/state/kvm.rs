@@ -1,4 +1,4 @@
-//! Lossless conversion between [`CpuState`](super::CpuState) and KVM's vCPU structures.
+//! Lossless conversion between [`CpuState`] and KVM's vCPU structures.
 //!
 //! The KVM backend reads a vCPU with the `KVM_GET_*` ioctls into a [`KvmVcpuState`], converts it
 //! with [`CpuState::from_kvm`], and writes a state back through [`CpuState::to_kvm`]. Snapshots
