@@ -11,13 +11,17 @@
 //! Input is paced to the UART's receive FIFO ([`Uart16550::rx_space`]), as QEMU's
 //! `can_receive` does, so pasted text is not lost to overruns while the guest is busy.
 //!
-//! The reader thread is detached and never joined: it must not keep the process alive.
+//! Two detached threads, never joined (they must not keep the process alive): one blocks
+//! reading stdin, the other parses escapes at once and queues the guest's bytes for the FIFO, so
+//! `C-a x` works even when the guest has stopped reading the UART.
 //! The terminal is restored when [`TerminalInput`] is dropped; paths that skip destructors
 //! (`std::process::exit`, panics) should call [`restore_terminal`], which
 //! [`install_restore_on_panic`] arranges for panics.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +39,8 @@ pub const HELP_TEXT: &str =
 const PACING_DELAY: Duration = Duration::from_millis(1);
 /// The longest wait between retries, for a guest that stopped reading the UART altogether.
 const PACING_DELAY_MAX: Duration = Duration::from_millis(20);
+/// Input held for a guest that is not reading; beyond this it is dropped, as an overrun would.
+const PENDING_LIMIT: usize = 64 * 1024;
 
 /// Errors from setting up terminal input.
 #[derive(Debug, thiserror::Error)]
@@ -176,38 +182,10 @@ impl Drop for RawMode {
     }
 }
 
-/// Hands `bytes` to the UART as fast as its receive FIFO takes them.
-fn deliver(uart: &Mutex<Uart16550>, mut bytes: &[u8]) {
-    let mut delay = PACING_DELAY;
-    while !bytes.is_empty() {
-        let taken = {
-            let mut u = lock(uart);
-            let n = u.rx_space().min(bytes.len());
-            if n > 0 {
-                u.enqueue_input(&bytes[..n]);
-            }
-            n
-        };
-        bytes = &bytes[taken..];
-        if taken == 0 {
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(PACING_DELAY_MAX);
-        } else {
-            delay = PACING_DELAY;
-        }
-    }
-}
-
-/// Reads `input` until EOF or quit, feeding the UART; escapes are processed when `parser` is set.
-fn pump(
-    mut input: impl Read,
-    uart: &Mutex<Uart16550>,
-    mut parser: Option<EscapeParser>,
-    on_quit: &dyn Fn(),
-    help_out: &mut dyn Write,
-) {
+/// Reads `input` until EOF or error, passing each chunk on to the pump; stops when the pump is
+/// gone (after a quit).
+fn read_chunks(mut input: impl Read, chunks: &Sender<Vec<u8>>) {
     let mut buf = [0u8; 256];
-    let mut forward = Vec::with_capacity(buf.len());
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) => {
@@ -221,22 +199,91 @@ fn pump(
                 return;
             }
         };
-        let chunk = buf.get(..n).unwrap_or(&[]);
-        let Some(parser) = parser.as_mut() else {
-            deliver(uart, chunk);
-            continue;
+        if chunks.send(buf.get(..n).unwrap_or(&[]).to_vec()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Moves as many `pending` bytes into the UART as its receive FIFO takes now; returns how many.
+fn offer(uart: &Mutex<Uart16550>, pending: &mut VecDeque<u8>) -> usize {
+    let mut u = lock(uart);
+    let n = u.rx_space().min(pending.len());
+    if n > 0 {
+        let bytes: Vec<u8> = pending.drain(..n).collect();
+        u.enqueue_input(&bytes);
+    }
+    n
+}
+
+/// Feeds the UART from `chunks` until EOF or quit; escapes are processed when `parser` is set.
+///
+/// Input is parsed as soon as it arrives, while the bytes for the guest wait in a queue for
+/// FIFO space: a guest that stopped reading the UART must not keep `C-a x` from working.
+fn pump(
+    chunks: &Receiver<Vec<u8>>,
+    uart: &Mutex<Uart16550>,
+    mut parser: Option<EscapeParser>,
+    on_quit: &dyn Fn(),
+    help_out: &mut dyn Write,
+) {
+    let mut pending = VecDeque::new();
+    let mut delay = PACING_DELAY;
+    let mut eof = false;
+    loop {
+        if !pending.is_empty() && offer(uart, &mut pending) > 0 {
+            delay = PACING_DELAY;
+        }
+        let chunk = if pending.is_empty() {
+            if eof {
+                return;
+            }
+            match chunks.recv() {
+                Ok(chunk) => chunk,
+                Err(_) => return,
+            }
+        } else {
+            // The guest is slow or not reading: retry later, still listening for escapes.
+            let waited = if eof {
+                std::thread::sleep(delay);
+                None
+            } else {
+                match chunks.recv_timeout(delay) {
+                    Ok(chunk) => Some(chunk),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        eof = true;
+                        None
+                    }
+                }
+            };
+            match waited {
+                Some(chunk) => chunk,
+                None => {
+                    delay = (delay * 2).min(PACING_DELAY_MAX);
+                    continue;
+                }
+            }
         };
-        forward.clear();
-        for &b in chunk {
-            match parser.feed(b) {
-                Some(EscapeAction::Forward(b)) => forward.push(b),
+        for b in chunk {
+            let action = match parser.as_mut() {
+                Some(p) => p.feed(b),
+                None => Some(EscapeAction::Forward(b)),
+            };
+            match action {
+                Some(EscapeAction::Forward(b)) if pending.len() < PENDING_LIMIT => {
+                    pending.push_back(b)
+                }
+                Some(EscapeAction::Forward(b)) => {
+                    log::debug!("terminal: guest is not reading, dropping input {b:#x}");
+                }
                 Some(EscapeAction::Help) => {
                     // Best effort: help text on a broken stderr is not worth stopping input.
                     let _ = help_out.write_all(HELP_TEXT.as_bytes());
                     let _ = help_out.flush();
                 }
                 Some(EscapeAction::Quit) => {
-                    deliver(uart, &forward);
+                    offer(uart, &mut pending);
                     log::info!("terminal: quit requested (C-a x)");
                     on_quit();
                     return;
@@ -244,7 +291,6 @@ fn pump(
                 None => {}
             }
         }
-        deliver(uart, &forward);
     }
 }
 
@@ -267,17 +313,14 @@ impl TerminalInput {
             None
         };
         let parser = tty.then(EscapeParser::new);
+        let (chunks_tx, chunks) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("stdin-reader".into())
+            .spawn(move || read_chunks(io::stdin(), &chunks_tx))
+            .map_err(TerminalError::Spawn)?;
         std::thread::Builder::new()
             .name("stdin-to-uart".into())
-            .spawn(move || {
-                pump(
-                    io::stdin(),
-                    &uart,
-                    parser,
-                    on_quit.as_ref(),
-                    &mut io::stderr(),
-                )
-            })
+            .spawn(move || pump(&chunks, &uart, parser, on_quit.as_ref(), &mut io::stderr()))
             .map_err(TerminalError::Spawn)?;
         Ok(TerminalInput { raw })
     }
@@ -336,6 +379,20 @@ mod tests {
         );
     }
 
+    /// Runs the pump over all of `input`, read as stdin would be, then EOF.
+    fn pump_input(
+        input: &[u8],
+        uart: &Mutex<Uart16550>,
+        parser: Option<EscapeParser>,
+        on_quit: &dyn Fn(),
+        help_out: &mut dyn Write,
+    ) {
+        let (tx, rx) = mpsc::channel();
+        read_chunks(input, &tx);
+        drop(tx);
+        pump(&rx, uart, parser, on_quit, help_out);
+    }
+
     fn fifo_uart() -> Arc<Mutex<Uart16550>> {
         let mut u = Uart16550::new(LatchedLine::new(), Box::new(io::sink()));
         u.write(2, &[0x01]); // FIFO on
@@ -363,7 +420,7 @@ mod tests {
         let quits = AtomicUsize::new(0);
         let mut help = Vec::new();
         let input: &[u8] = &[b'a', ESCAPE_CHAR, b'h', b'b', ESCAPE_CHAR, b'x', b'c'];
-        pump(
+        pump_input(
             input,
             &uart,
             Some(EscapeParser::new()),
@@ -381,7 +438,7 @@ mod tests {
     fn pump_without_tty_forwards_verbatim_until_eof() {
         let uart = fifo_uart();
         let input: &[u8] = &[ESCAPE_CHAR, b'x', b'y'];
-        pump(input, &uart, None, &|| panic!("no quit"), &mut io::sink());
+        pump_input(input, &uart, None, &|| panic!("no quit"), &mut io::sink());
         assert_eq!(drain(&uart), &[ESCAPE_CHAR, b'x', b'y']);
     }
 
@@ -403,12 +460,47 @@ mod tests {
             })
         };
         let data: Vec<u8> = (0..100).collect();
-        deliver(&uart, &data);
+        pump_input(&data, &uart, None, &|| panic!("no quit"), &mut io::sink());
         let got = consumer.join().unwrap();
         assert_eq!(got, data);
         let mut lsr = [0];
         lock(&uart).read(5, &mut lsr);
         assert_eq!(lsr[0] & 0x02, 0, "no overrun");
+    }
+
+    #[test]
+    fn quit_works_while_the_guest_is_not_reading() {
+        // 16450 mode: the receiver holds one byte, and nobody reads it.
+        let uart = Arc::new(Mutex::new(Uart16550::new(
+            LatchedLine::new(),
+            Box::new(io::sink()),
+        )));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        {
+            let uart = uart.clone();
+            std::thread::spawn(move || {
+                let input: &[u8] = &[b'a', b'b', b'c', ESCAPE_CHAR, b'x'];
+                let quit = std::sync::atomic::AtomicBool::new(false);
+                pump_input(
+                    input,
+                    &uart,
+                    Some(EscapeParser::new()),
+                    &|| quit.store(true, Ordering::SeqCst),
+                    &mut io::sink(),
+                );
+                let _ = done_tx.send(quit.load(Ordering::SeqCst));
+            });
+        }
+        assert_eq!(
+            done_rx.recv_timeout(Duration::from_secs(5)),
+            Ok(true),
+            "C-a x must quit even when the guest's receiver is full"
+        );
+        assert_eq!(
+            drain(&uart),
+            b"a",
+            "what the receiver could take was delivered"
+        );
     }
 
     #[test]
