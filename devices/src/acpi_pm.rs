@@ -27,7 +27,7 @@
 
 use std::sync::Arc;
 
-use crate::bus::{fill_le, BusDevice};
+use crate::bus::{read_bytewise, BusDevice};
 use crate::control::{MachineControl, MachineEvent};
 use crate::irq::InterruptLine;
 use crate::pit::TimeSource;
@@ -244,16 +244,10 @@ impl BusDevice for AcpiPm {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         self.refresh_timer();
         self.update_sci();
-        fill_le(data, u64::MAX);
         let timer = self.timer_value();
-        for (i, b) in data.iter_mut().enumerate() {
-            if let Some(v) = offset
-                .checked_add(i as u64)
-                .and_then(|o| self.read_byte(o, timer))
-            {
-                *b = v;
-            }
-        }
+        read_bytewise(offset, PM_PORT_LEN, data, |o| {
+            self.read_byte(o, timer).unwrap_or(0xff)
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -325,7 +319,7 @@ mod tests {
 
     fn wr(pm: &mut AcpiPm, port: u16, size: usize, value: u64) {
         let mut d = vec![0u8; size];
-        fill_le(&mut d, value);
+        crate::bus::fill_le(&mut d, value);
         pm.write(u64::from(port - PM_BASE_PORT), &d);
     }
 

@@ -159,6 +159,31 @@ pub fn fill_le(data: &mut [u8], value: u64) {
     }
 }
 
+/// Register `i` bytes into an access at `offset`, if it is one of a device's `len` registers.
+fn byte_register(offset: u64, i: usize, len: u64) -> Option<u64> {
+    let reg = offset.checked_add(u64::try_from(i).ok()?)?;
+    (reg < len).then_some(reg)
+}
+
+/// Splits a read into byte cycles on consecutive 8-bit registers, as the ISA bus does for a
+/// wide access to an 8-bit device: byte `i` of `data` is `read_byte(offset + i)`, and bytes past
+/// the device's `len` registers read as an empty port (all-ones).
+pub fn read_bytewise(offset: u64, len: u64, data: &mut [u8], mut read_byte: impl FnMut(u64) -> u8) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = byte_register(offset, i, len).map_or(0xff, &mut read_byte);
+    }
+}
+
+/// Splits a write into byte cycles on consecutive 8-bit registers (see [`read_bytewise`]):
+/// `write_byte(offset + i, data[i])` in order; bytes past the device's `len` registers are dropped.
+pub fn write_bytewise(offset: u64, len: u64, data: &[u8], mut write_byte: impl FnMut(u64, u8)) {
+    for (i, &b) in data.iter().enumerate() {
+        if let Some(reg) = byte_register(offset, i, len) {
+            write_byte(reg, b);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +240,26 @@ mod tests {
         fill_le(&mut d, 0x1234_5678_9abc);
         assert_eq!(d, [0xbc, 0x9a, 0x78, 0x56]);
         assert_eq!(le_value(&d), 0x5678_9abc);
+    }
+
+    #[test]
+    fn bytewise_helpers_split_in_order_and_clip_at_the_device_end() {
+        let mut seen = Vec::new();
+        let mut d = [0u8; 4];
+        read_bytewise(2, 4, &mut d, |r| {
+            seen.push(r);
+            0x10 + r as u8
+        });
+        assert_eq!(d, [0x12, 0x13, 0xff, 0xff]);
+        assert_eq!(seen, [2, 3]);
+        let mut writes = Vec::new();
+        write_bytewise(1, 3, &[7, 8, 9], |r, v| writes.push((r, v)));
+        assert_eq!(writes, [(1, 7), (2, 8)]);
+        // Offsets at the top of the address space neither wrap nor panic.
+        read_bytewise(u64::MAX, u64::MAX, &mut d, |_| 0);
+        assert_eq!(d, [0xff; 4]);
+        write_bytewise(u64::MAX - 1, u64::MAX, &[1, 2, 3], |r, _| {
+            assert_eq!(r, u64::MAX - 1)
+        });
     }
 }

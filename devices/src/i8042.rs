@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use crate::bus::{lock, BusDevice, SharedDevice};
+use crate::bus::{lock, read_bytewise, write_bytewise, BusDevice, SharedDevice};
 use crate::control::{MachineControl, MachineEvent};
 use crate::irq::InterruptLine;
 
@@ -37,6 +37,8 @@ pub const I8042_COMMAND_PORT: u16 = 0x64;
 const OFFSET_DATA: u64 = 0;
 /// Offset of the status/command register when the device covers 0x60..=0x64.
 const OFFSET_COMMAND: u64 = 4;
+/// Length of the range [`I8042`] decodes (0x60..=0x64).
+const DECODED_LEN: u64 = OFFSET_COMMAND + 1;
 
 // Status register bits.
 const STATUS_OBF: u8 = 0x01;
@@ -454,16 +456,12 @@ impl I8042 {
 
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = self.access_read(offset.saturating_add(i as u64));
-        }
+        read_bytewise(offset, DECODED_LEN, data, |r| self.access_read(r));
         self.update_irq();
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            self.access_write(offset.saturating_add(i as u64), *b);
-        }
+        write_bytewise(offset, DECODED_LEN, data, |r, v| self.access_write(r, v));
         self.update_irq();
     }
 }
@@ -476,20 +474,18 @@ pub struct I8042Port {
 
 impl BusDevice for I8042Port {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset == 0 {
-            let n = data.len().min(1);
-            lock(&self.dev).read(self.offset, &mut data[..n]);
-            // Bytes beyond the one-byte port belong to no device.
-            data.iter_mut().skip(1).for_each(|b| *b = 0xff);
-        } else {
-            data.fill(0xff);
-        }
+        // Bytes beyond the one-byte port belong to no device.
+        read_bytewise(offset, 1, data, |_| {
+            let mut b = [0];
+            lock(&self.dev).read(self.offset, &mut b);
+            b[0]
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (0, Some(b)) = (offset, data.first()) {
-            lock(&self.dev).write(self.offset, std::slice::from_ref(b));
-        }
+        write_bytewise(offset, 1, data, |_, v| {
+            lock(&self.dev).write(self.offset, &[v])
+        });
     }
 }
 

@@ -27,7 +27,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::bus::{lock, Bus, BusDevice, BusError};
+use crate::bus::{lock, read_bytewise, write_bytewise, Bus, BusDevice, BusError};
 use crate::irq::IrqSink;
 
 /// Command port of the master 8259.
@@ -528,30 +528,22 @@ pub struct PicPorts {
     base: u16,
 }
 
-impl PicPorts {
-    fn port(&self, offset: u64, i: usize) -> Option<u16> {
-        let off = offset.checked_add(i as u64)?;
-        (off < PIC_PORTS_LEN).then(|| self.base.wrapping_add(off as u16))
-    }
-}
-
 impl BusDevice for PicPorts {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // A wider access covers successive 8-bit ports, as the ISA bus splits it.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = match self.port(offset, i) {
-                Some(port) => self.pic.with(|p| p.read_port(port)),
-                None => 0xff,
-            };
-        }
+        // The range is 2 ports long, so the register offset fits in a u16.
+        let base = self.base;
+        read_bytewise(offset, PIC_PORTS_LEN, data, |r| {
+            self.pic.with(|p| p.read_port(base.wrapping_add(r as u16)))
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, value) in data.iter().enumerate() {
-            if let Some(port) = self.port(offset, i) {
-                self.pic.with(|p| p.write_port(port, *value));
-            }
-        }
+        let base = self.base;
+        write_bytewise(offset, PIC_PORTS_LEN, data, |r, v| {
+            self.pic
+                .with(|p| p.write_port(base.wrapping_add(r as u16), v))
+        });
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::bus::{lock, Bus, BusDevice, BusError};
+use crate::bus::{lock, read_bytewise, write_bytewise, Bus, BusDevice, BusError};
 use crate::irq::InterruptLine;
 
 /// The PIT input clock, Hz.
@@ -651,15 +651,13 @@ pub struct PitPorts {
 }
 
 impl PitPorts {
-    /// The port addressed by byte `i` of an access at `offset`, if inside this range.
-    fn port(&self, offset: u64, i: usize) -> Option<u16> {
-        let len = if self.base == PORT_61 {
+    /// The length of this port range.
+    fn len(&self) -> u64 {
+        if self.base == PORT_61 {
             PORT_61_LEN
         } else {
             PIT_PORT_LEN
-        };
-        let off = offset.checked_add(i as u64)?;
-        (off < len).then(|| self.base.wrapping_add(off as u16))
+        }
     }
 
     fn read_port(pit: &mut Pit8254, port: u16) -> u8 {
@@ -680,20 +678,20 @@ impl PitPorts {
 impl BusDevice for PitPorts {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // The 8254 sits on an 8-bit bus: wider accesses touch successive ports.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = match self.port(offset, i) {
-                Some(port) => self.pit.with(|p| Self::read_port(p, port)),
-                None => 0xff,
-            };
-        }
+        // The ranges are at most 4 ports long, so the register offset fits in a u16.
+        let base = self.base;
+        read_bytewise(offset, self.len(), data, |r| {
+            self.pit
+                .with(|p| Self::read_port(p, base.wrapping_add(r as u16)))
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, value) in data.iter().enumerate() {
-            if let Some(port) = self.port(offset, i) {
-                self.pit.with(|p| Self::write_port(p, port, *value));
-            }
-        }
+        let base = self.base;
+        write_bytewise(offset, self.len(), data, |r, v| {
+            self.pit
+                .with(|p| Self::write_port(p, base.wrapping_add(r as u16), v))
+        });
     }
 }
 

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bus::BusDevice;
+use crate::bus::{read_bytewise, write_bytewise, BusDevice};
 use crate::irq::InterruptLine;
 
 /// Conventional I/O port base of the RTC.
@@ -556,16 +556,12 @@ impl BusDevice for CmosRtc {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         self.poll();
         // A wide access is split into byte cycles on consecutive ports, as on the ISA bus.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = self.access_read(offset.saturating_add(i as u64));
-        }
+        read_bytewise(offset, RTC_PORT_LEN, data, |r| self.access_read(r));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         self.poll();
-        for (i, b) in data.iter().enumerate() {
-            self.access_write(offset.saturating_add(i as u64), *b);
-        }
+        write_bytewise(offset, RTC_PORT_LEN, data, |r, v| self.access_write(r, v));
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::bus::{Bus, BusDevice, BusError};
+use crate::bus::{read_bytewise, write_bytewise, Bus, BusDevice, BusError};
 use crate::irq::IrqSink;
 
 /// The conventional base port of the scratch latch.
@@ -45,21 +45,17 @@ impl TestLatch {
 impl BusDevice for TestLatch {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Bytes beyond the latch (an access running past 0xe3) read as an empty port would.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = byte_index(offset, i, self.bytes.len())
-                .and_then(|idx| self.bytes.get(idx).copied())
-                .unwrap_or(0xff);
-        }
+        read_bytewise(offset, TEST_LATCH_LEN, data, |r| {
+            self.bytes.get(r as usize).copied().unwrap_or(0xff)
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            if let Some(slot) =
-                byte_index(offset, i, self.bytes.len()).and_then(|idx| self.bytes.get_mut(idx))
-            {
-                *slot = *b;
+        write_bytewise(offset, TEST_LATCH_LEN, data, |r, v| {
+            if let Some(slot) = self.bytes.get_mut(r as usize) {
+                *slot = v;
             }
-        }
+        });
     }
 }
 
@@ -87,34 +83,22 @@ impl TestIrqLines {
 impl BusDevice for TestIrqLines {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Each byte of a wider access is the port at that address, i.e. the next line.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = match byte_index(offset, i, TEST_IRQ_LINES) {
-                Some(n) => u8::from(self.level(n)),
-                None => 0xff,
-            };
-        }
+        read_bytewise(offset, TEST_IRQ_LINES as u64, data, |n| {
+            u8::from(self.level(n as usize))
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            let Some(n) = byte_index(offset, i, TEST_IRQ_LINES) else {
-                continue;
-            };
-            let level = *b != 0;
-            if let Some(slot) = self.levels.get_mut(n) {
+        write_bytewise(offset, TEST_IRQ_LINES as u64, data, |n, v| {
+            let level = v != 0;
+            if let Some(slot) = self.levels.get_mut(n as usize) {
                 *slot = level;
             }
             log::trace!("test device: irq line {n} -> {level}");
             // Lines are 0..24, so the cast is exact.
             self.sink.set_irq(n as u32, level);
-        }
+        });
     }
-}
-
-/// Index of byte `i` of an access at `offset`, if it falls inside a range of `len` bytes.
-fn byte_index(offset: u64, i: usize, len: usize) -> Option<usize> {
-    let idx = usize::try_from(offset).ok()?.checked_add(i)?;
-    (idx < len).then_some(idx)
 }
 
 /// The test device: the scratch latch and the interrupt-line ports.

@@ -22,7 +22,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bus::BusDevice;
+use crate::bus::{read_bytewise, write_bytewise, BusDevice};
 use crate::irq::InterruptLine;
 
 /// I/O port base of COM1.
@@ -423,17 +423,15 @@ impl Uart16550 {
 impl BusDevice for Uart16550 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // A wide access is split into byte cycles on consecutive registers, as on the ISA bus.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = self.read_register(offset.saturating_add(i as u64));
-        }
+        read_bytewise(offset, UART_PORT_LEN, data, |r| self.read_register(r));
         self.update_irq();
         self.flush_if_stale();
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            self.write_register(offset.saturating_add(i as u64), *b);
-        }
+        write_bytewise(offset, UART_PORT_LEN, data, |r, v| {
+            self.write_register(r, v)
+        });
         self.update_irq();
         self.flush_if_stale();
     }
