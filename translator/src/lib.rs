@@ -1,11 +1,15 @@
 //! The ringzero binary translator (x86 → Cranelift) and the architectural CPU state it runs on.
 //!
-//! Status: this crate holds [`CpuState`], shared by both backends. The translator proper
-//! (decode, two tiers, code cache, MMU) is tracked in the project's translator issues and lands
-//! in increments in modules added here.
+//! Status: this crate holds [`CpuState`], shared by both backends, and the first increment of
+//! the translator: the instruction semantics written once over an emitter trait ([`sem`]), the
+//! guest-memory interface ([`mem`]) and the interpreter tier ([`interp`]) that runs them. The
+//! Cranelift tier, translation blocks, code cache and MMU land in later increments.
 
 #![warn(missing_docs)]
 
+pub mod interp;
+pub mod mem;
+pub mod sem;
 pub mod state;
 
 pub use state::{CpuMode, CpuState, DescriptorTable, FpuState, PendingEvents, Segment};

@@ -1,0 +1,85 @@
+//! Data movement: MOV, MOVZX/MOVSX/MOVSXD, LEA, XCHG, BSWAP, CMOVcc, SETcc.
+
+use super::emit::{Emitter, UnOp};
+use super::operand::{effective_address, loc, Loc};
+use super::{flags, width0, Exception};
+use iced_x86::Instruction;
+
+/// MOV between general registers, memory and immediates.
+pub fn mov<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let dst = loc(e, insn, 0)?;
+    let src = loc(e, insn, 1)?;
+    let w = width0::<E>(insn, &dst)?;
+    let v = src.read(e, w)?;
+    dst.write(e, v)
+}
+
+/// MOVZX (`signed = false`) and MOVSX/MOVSXD (`signed = true`).
+pub fn movx<E: Emitter>(e: &mut E, insn: &Instruction, signed: bool) -> Result<(), Exception> {
+    let dst = loc(e, insn, 0)?;
+    let src = loc(e, insn, 1)?;
+    let sw = src
+        .bits()
+        .ok_or(Exception::Unimplemented(insn.mnemonic()))?;
+    let v = src.read(e, sw)?;
+    let v = if signed { e.sext(v, sw) } else { v };
+    dst.write(e, v)
+}
+
+/// LEA: the effective address (no segment base), truncated to the operand size.
+pub fn lea<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let dst = loc(e, insn, 0)?;
+    let ea = effective_address(e, insn, None)?;
+    dst.write(e, ea)
+}
+
+/// XCHG: both inputs are read before the memory side (if any) is written first.
+pub fn xchg<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let a = loc(e, insn, 0)?;
+    let b = loc(e, insn, 1)?;
+    let w = width0::<E>(insn, &a)?;
+    let va = a.read(e, w)?;
+    let vb = b.read(e, w)?;
+    if matches!(b, Loc::Mem { .. }) {
+        b.write(e, va)?;
+        a.write(e, vb)
+    } else {
+        a.write(e, vb)?;
+        b.write(e, va)
+    }
+}
+
+/// BSWAP. The 16-bit form is undefined by the SDM; Intel and AMD both clear the low word, which
+/// is what the byte swap of the zero-extended 32-bit value shifted out yields here.
+pub fn bswap<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let dst = loc(e, insn, 0)?;
+    let w = width0::<E>(insn, &dst)?;
+    let v = dst.read(e, w)?;
+    let s = e.un(UnOp::Bswap, v);
+    let r = match w {
+        64 => s,
+        32 => e.shr_i(s, 32),
+        _ => e.imm(0),
+    };
+    dst.write(e, r)
+}
+
+/// CMOVcc: the source is always read (a memory source faults even when the condition is false)
+/// and a 32-bit destination is always zero-extended.
+pub fn cmov<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let dst = loc(e, insn, 0)?;
+    let src = loc(e, insn, 1)?;
+    let w = width0::<E>(insn, &dst)?;
+    let s = src.read(e, w)?;
+    let d = dst.read(e, w)?;
+    let c = flags::cond(e, insn.condition_code());
+    let v = e.select(c, s, d);
+    dst.write(e, v)
+}
+
+/// SETcc: writes 0 or 1 to an 8-bit operand.
+pub fn setcc<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let dst = loc(e, insn, 0)?;
+    let c = flags::cond(e, insn.condition_code());
+    dst.write(e, c)
+}

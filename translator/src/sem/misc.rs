@@ -1,0 +1,83 @@
+//! Accumulator sign extensions, LAHF/SAHF and the single-flag instructions.
+
+use super::emit::Emitter;
+use super::flags::{self, Flag};
+use super::operand::{read_reg_bits, write_gpr, write_reg_bits, Gpr};
+use super::Exception;
+use crate::state::reg::{RAX, RDX};
+use crate::state::rflags;
+use iced_x86::{Instruction, Mnemonic};
+
+/// AH as an operand.
+const AH: Gpr = Gpr {
+    index: RAX,
+    bits: 8,
+    high: true,
+};
+
+/// CBW/CWDE/CDQE: the low half of the accumulator sign-extended into the whole of it.
+pub fn sign_extend_acc<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let w = match insn.mnemonic() {
+        Mnemonic::Cbw => 16,
+        Mnemonic::Cwde => 32,
+        _ => 64,
+    };
+    let v = read_reg_bits(e, RAX, w / 2);
+    let s = e.sext(v, w / 2);
+    write_reg_bits(e, RAX, w, s);
+    Ok(())
+}
+
+/// CWD/CDQ/CQO: rDX filled with the sign of rAX.
+pub fn sign_fill_dx<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let w = match insn.mnemonic() {
+        Mnemonic::Cwd => 16,
+        Mnemonic::Cdq => 32,
+        _ => 64,
+    };
+    let v = read_reg_bits(e, RAX, w);
+    let s = e.sext(v, w);
+    let n = e.imm(63);
+    let fill = e.bin(super::emit::BinOp::Sar, s, n);
+    write_reg_bits(e, RDX, w, fill);
+    Ok(())
+}
+
+/// LAHF: AH = SF:ZF:0:AF:0:PF:1:CF.
+pub fn lahf<E: Emitter>(e: &mut E) -> Result<(), Exception> {
+    let bits = flags::arith_bits(e);
+    let low = e.and_i(bits, 0xd5);
+    let v = e.or_i(low, rflags::FIXED1);
+    write_gpr(e, AH, v);
+    Ok(())
+}
+
+/// SAHF: SF, ZF, AF, PF, CF from AH.
+pub fn sahf<E: Emitter>(e: &mut E) -> Result<(), Exception> {
+    let ah = read_reg_bits(e, RAX, 16);
+    let ah = e.shr_i(ah, 8);
+    let mask = rflags::SF | rflags::ZF | rflags::AF | rflags::PF | rflags::CF;
+    flags::write_bits(e, mask, ah);
+    Ok(())
+}
+
+/// CLC, STC, CMC, CLD, STD.
+pub fn flag_op<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    match insn.mnemonic() {
+        Mnemonic::Clc | Mnemonic::Stc => {
+            let v = e.imm(u64::from(insn.mnemonic() == Mnemonic::Stc));
+            flags::set_flag(e, Flag::Cf, v);
+        }
+        Mnemonic::Cmc => {
+            let c = flags::compute(e, Flag::Cf);
+            let one = e.imm(1);
+            let n = e.xor(c, one);
+            flags::set_flag(e, Flag::Cf, n);
+        }
+        m => {
+            let v = e.imm(if m == Mnemonic::Std { rflags::DF } else { 0 });
+            flags::write_bits(e, rflags::DF, v);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The x86 instruction semantics, written once and shared by every execution tier.
+//!
+//! Each instruction is a generic function over an [`Emitter`]: the interpreter tier
+//! ([`crate::interp`]) implements it with plain `u64` values, the Cranelift tier will implement it
+//! by emitting IR. All x86 knowledge (operand widths, partial registers, flags, fault checks)
+//! lives here; an emitter only provides 64-bit lane operations, registers, memory and structured
+//! control flow. Arithmetic flags are lazy ([`flags`]).
+//!
+//! # Precise exceptions
+//! A fault must leave the architectural state exactly as at the start of the instruction. The
+//! rule every semantics function follows: **all checks that can fault (#DE, #GP/#SS for
+//! non-canonical addresses, memory accesses) happen before the first architectural write**, and
+//! the writes come in the order memory stores, then general registers, then flags, then RIP.
+//! Instructions with several stores (CALL = push + jump, XCHG with memory) resolve and check
+//! every address and load every input first, so only the first store can fault. Lazy-flag
+//! descriptors are emitter-side data and are restored by the tier on a fault.
+//!
+//! # Coverage (this increment)
+//! - Data: MOV (GPR forms), MOVZX, MOVSX, MOVSXD, LEA, XCHG, BSWAP, CMOVcc, SETcc.
+//! - ALU: ADD, ADC, SUB, SBB, CMP, AND, OR, XOR, TEST, INC, DEC, NEG, NOT.
+//! - Shifts: SHL/SAL, SHR, SAR, ROL, ROR, RCL, RCR, SHLD, SHRD (count masking, counts 0 and 1).
+//! - MUL, IMUL (1/2/3 operands), DIV, IDIV (#DE on zero divisor and quotient overflow).
+//! - Control: JMP, Jcc, CALL, RET (near, relative, indirect, `ret imm16`), JRCXZ/JECXZ/JCXZ,
+//!   LOOP/LOOPE/LOOPNE; #GP(0) on a non-canonical target, checked before any write.
+//! - Stack: PUSH, POP (GPR, memory, immediate), LEAVE, PUSHF, POPF (CPL/IOPL rules for IF and
+//!   IOPL; virtual-8086 POPF not modelled).
+//! - Misc: CBW/CWDE/CDQE, CWD/CDQ/CQO, LAHF, SAHF, CLC, STC, CMC, CLD, STD, NOP, PAUSE, UD2
+//!   (#UD), INT3 (#BP as a trap: RIP after the instruction).
+//! - Bits: BT/BTS/BTR/BTC (register and memory, memory bit offsets beyond the operand), BSF,
+//!   BSR, TZCNT, LZCNT, POPCNT.
+//!
+//! Everything else returns [`Exception::Unimplemented`] with the mnemonic, so gaps are visible.
+//! Left for the next increments: string instructions with REP, ENTER, XLAT, XADD, CMPXCHG*,
+//! MOVBE, BCD (DAA/DAS/AAA/AAS/AAM/AAD), segment-register moves and pushes, far transfers, the
+//! system instructions (trapped to the monitor), segment limit checks, #AC, LOCK atomicity for SMP.
+
+pub mod alu;
+pub mod bits;
+pub mod control;
+pub mod data;
+pub mod emit;
+pub mod flags;
+pub mod misc;
+pub mod muldiv;
+pub mod operand;
+pub mod shift;
+pub mod stack;
+
+pub use emit::{BinOp, Emitter, Seg, UnOp};
+pub use flags::{CcOp, Flag, FlagState, Lazy};
+
+use crate::mem::MemFault;
+use iced_x86::{Instruction, Mnemonic};
+
+/// #DE, divide error.
+pub const DE: u8 = 0;
+/// #BP, breakpoint (INT3), a trap.
+pub const BP: u8 = 3;
+/// #OF, overflow (INTO), a trap.
+pub const OF: u8 = 4;
+/// #UD, invalid opcode.
+pub const UD: u8 = 6;
+/// #SS, stack-segment fault.
+pub const SS: u8 = 12;
+/// #GP, general protection.
+pub const GP: u8 = 13;
+
+/// Why an instruction did not complete normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Exception {
+    /// An architectural exception for the guest (vector and error code).
+    #[error("guest exception {vector} (error code {error:?})")]
+    Cpu {
+        /// Exception vector.
+        vector: u8,
+        /// Error code pushed with it, if the vector has one.
+        error: Option<u32>,
+    },
+    /// The translator does not implement this instruction yet.
+    #[error("instruction not implemented: {0:?}")]
+    Unimplemented(Mnemonic),
+    /// A guest-physical access that nothing backs (the monitor decides what it means).
+    #[error(transparent)]
+    Memory(#[from] MemFault),
+    /// A semantics bug the tier detected; never caused by guest input.
+    #[error("translator internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl Exception {
+    /// A guest exception without error code.
+    pub fn cpu(vector: u8) -> Self {
+        Exception::Cpu {
+            vector,
+            error: None,
+        }
+    }
+
+    /// Whether this is a trap, reported with RIP after the instruction (#BP, #OF).
+    pub fn is_trap(&self) -> bool {
+        matches!(
+            self,
+            Exception::Cpu {
+                vector: BP | OF,
+                ..
+            }
+        )
+    }
+}
+
+/// Executes (or, in a compiling tier, emits) one decoded instruction.
+///
+/// Falls through to the next instruction unless the semantics called [`Emitter::set_rip`].
+pub fn execute<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    use Mnemonic as M;
+    match insn.mnemonic() {
+        M::Mov => data::mov(e, insn),
+        M::Movzx => data::movx(e, insn, false),
+        M::Movsx | M::Movsxd => data::movx(e, insn, true),
+        M::Lea => data::lea(e, insn),
+        M::Xchg => data::xchg(e, insn),
+        M::Bswap => data::bswap(e, insn),
+        M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => data::cmov(e, insn),
+        M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg => data::setcc(e, insn),
+        M::Add | M::Adc | M::Sub | M::Sbb | M::Cmp | M::And | M::Or | M::Xor | M::Test => {
+            alu::binary(e, insn)
+        }
+        M::Inc | M::Dec => alu::inc_dec(e, insn),
+        M::Neg => alu::neg(e, insn),
+        M::Not => alu::not(e, insn),
+        M::Shl | M::Sal | M::Shr | M::Sar => shift::shift(e, insn),
+        M::Rol | M::Ror => shift::rotate(e, insn),
+        M::Rcl | M::Rcr => shift::rotate_carry(e, insn),
+        M::Shld | M::Shrd => shift::double(e, insn),
+        M::Mul | M::Imul => muldiv::mul(e, insn),
+        M::Div | M::Idiv => muldiv::div(e, insn),
+        M::Jmp => control::jmp(e, insn),
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg => control::jcc(e, insn),
+        M::Jrcxz | M::Jecxz | M::Jcxz => control::jcxz(e, insn),
+        M::Loop | M::Loope | M::Loopne => control::loop_(e, insn),
+        M::Call => control::call(e, insn),
+        M::Ret => control::ret(e, insn),
+        M::Push => stack::push(e, insn),
+        M::Pop => stack::pop(e, insn),
+        M::Leave => stack::leave(e, insn),
+        M::Pushf | M::Pushfd | M::Pushfq => stack::pushf(e, insn),
+        M::Popf | M::Popfd | M::Popfq => stack::popf(e, insn),
+        M::Cbw | M::Cwde | M::Cdqe => misc::sign_extend_acc(e, insn),
+        M::Cwd | M::Cdq | M::Cqo => misc::sign_fill_dx(e, insn),
+        M::Lahf => misc::lahf(e),
+        M::Sahf => misc::sahf(e),
+        M::Clc | M::Stc | M::Cmc | M::Cld | M::Std => misc::flag_op(e, insn),
+        M::Nop | M::Pause => Ok(()),
+        M::Ud0 | M::Ud1 | M::Ud2 => Err(Exception::cpu(UD)),
+        M::Int3 => Err(Exception::cpu(BP)),
+        M::Bt | M::Bts | M::Btr | M::Btc => bits::bt(e, insn),
+        M::Bsf | M::Bsr => bits::bsf_bsr(e, insn),
+        M::Tzcnt | M::Lzcnt => bits::tzcnt_lzcnt(e, insn),
+        M::Popcnt => bits::popcnt(e, insn),
+        M::INVALID => Err(Exception::cpu(UD)),
+        m => Err(Exception::Unimplemented(m)),
+    }
+}
+
+/// Operand width in bits of operand 0 of `insn` (a register or memory operand).
+pub(crate) fn width0<E: Emitter>(
+    insn: &Instruction,
+    loc: &operand::Loc<E::V>,
+) -> Result<u32, Exception> {
+    loc.bits().ok_or(Exception::Unimplemented(insn.mnemonic()))
+}
