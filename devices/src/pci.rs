@@ -143,73 +143,52 @@ impl ConfigSpace {
 
     /// Sets a byte (device-side, ignoring masks); out-of-range offsets are ignored.
     pub fn set_u8(&mut self, offset: usize, value: u8) {
-        if let Some(b) = self.bytes.get_mut(offset) {
-            *b = value;
-        }
+        put(&mut self.bytes, offset, &[value]);
     }
 
     /// Sets a little-endian u16 (device-side).
     pub fn set_u16(&mut self, offset: usize, value: u16) {
-        for (i, b) in value.to_le_bytes().iter().enumerate() {
-            self.set_u8(offset + i, *b);
-        }
+        put(&mut self.bytes, offset, &value.to_le_bytes());
     }
 
     /// Sets a little-endian u32 (device-side).
     pub fn set_u32(&mut self, offset: usize, value: u32) {
-        for (i, b) in value.to_le_bytes().iter().enumerate() {
-            self.set_u8(offset + i, *b);
-        }
+        put(&mut self.bytes, offset, &value.to_le_bytes());
     }
 
     /// Reads a byte (0 past the end).
     pub fn u8_at(&self, offset: usize) -> u8 {
-        self.bytes.get(offset).copied().unwrap_or(0)
+        u8::from_le_bytes(get(&self.bytes, offset))
     }
 
-    /// Reads a little-endian u16.
+    /// Reads a little-endian u16 (bytes past the end read 0).
     pub fn u16_at(&self, offset: usize) -> u16 {
-        u16::from_le_bytes([self.u8_at(offset), self.u8_at(offset + 1)])
+        u16::from_le_bytes(get(&self.bytes, offset))
     }
 
-    /// Reads a little-endian u32.
+    /// Reads a little-endian u32 (bytes past the end read 0).
     pub fn u32_at(&self, offset: usize) -> u32 {
-        u32::from_le_bytes([
-            self.u8_at(offset),
-            self.u8_at(offset + 1),
-            self.u8_at(offset + 2),
-            self.u8_at(offset + 3),
-        ])
+        u32::from_le_bytes(get(&self.bytes, offset))
     }
 
     /// Makes the bits of `mask` in the byte at `offset` writable by software.
     pub fn set_wmask_u8(&mut self, offset: usize, mask: u8) {
-        if let Some(m) = self.wmask.get_mut(offset) {
-            *m = mask;
-        }
+        put(&mut self.wmask, offset, &[mask]);
     }
 
     /// Makes the bits of `mask` in the u16 at `offset` writable by software.
     pub fn set_wmask_u16(&mut self, offset: usize, mask: u16) {
-        for (i, b) in mask.to_le_bytes().iter().enumerate() {
-            self.set_wmask_u8(offset + i, *b);
-        }
+        put(&mut self.wmask, offset, &mask.to_le_bytes());
     }
 
     /// Makes the bits of `mask` in the u32 at `offset` writable by software.
     pub fn set_wmask_u32(&mut self, offset: usize, mask: u32) {
-        for (i, b) in mask.to_le_bytes().iter().enumerate() {
-            self.set_wmask_u8(offset + i, *b);
-        }
+        put(&mut self.wmask, offset, &mask.to_le_bytes());
     }
 
     /// Makes the bits of `mask` in the u16 at `offset` write-one-to-clear.
     pub fn set_w1c_u16(&mut self, offset: usize, mask: u16) {
-        for (i, b) in mask.to_le_bytes().iter().enumerate() {
-            if let Some(m) = self.w1cmask.get_mut(offset + i) {
-                *m = *b;
-            }
-        }
+        put(&mut self.w1cmask, offset, &mask.to_le_bytes());
     }
 
     /// Declares 32-bit BAR `index` (0..6) of `size` bytes (a power of two; at least 16 for
@@ -250,7 +229,7 @@ impl ConfigSpace {
         for (i, value) in data.iter().enumerate() {
             let Some(addr) = reg
                 .checked_mul(4)
-                .and_then(|base| base.checked_add(offset + i))
+                .and_then(|base| base.checked_add(offset.checked_add(i)?))
                 .filter(|a| *a < CONFIG_SPACE_SIZE)
             else {
                 continue;
@@ -266,6 +245,26 @@ impl ConfigSpace {
             *b &= !(value & c);
         }
     }
+}
+
+/// Stores `bytes` at `offset` of a configuration-space array; bytes past its end are dropped.
+fn put(array: &mut [u8; CONFIG_SPACE_SIZE], offset: usize, bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        if let Some(slot) = offset.checked_add(i).and_then(|a| array.get_mut(a)) {
+            *slot = *b;
+        }
+    }
+}
+
+/// The `N` bytes at `offset` of a configuration-space array; bytes past its end read 0.
+fn get<const N: usize>(array: &[u8; CONFIG_SPACE_SIZE], offset: usize) -> [u8; N] {
+    std::array::from_fn(|i| {
+        offset
+            .checked_add(i)
+            .and_then(|a| array.get(a))
+            .copied()
+            .unwrap_or(0)
+    })
 }
 
 /// The Intel 440FX-like host bridge at 00:00.0.
@@ -676,5 +675,24 @@ mod tests {
         let mut b = [0u8];
         r.read(0, &mut b);
         assert_eq!(b, [0]);
+    }
+
+    #[test]
+    fn config_space_accessors_clip_at_the_end_without_overflow() {
+        let mut cs = ConfigSpace::new(0x1234, 0x5678, 0, 0);
+        cs.set_u32(0xfe, 0xaabb_ccdd);
+        assert_eq!(cs.u16_at(0xfe), 0xccdd);
+        assert_eq!(cs.u32_at(0xfe), 0xccdd);
+        for offset in [usize::MAX, usize::MAX - 1, CONFIG_SPACE_SIZE] {
+            cs.set_u16(offset, 0xffff);
+            cs.set_u32(offset, 0xffff_ffff);
+            cs.set_wmask_u32(offset, 0xffff_ffff);
+            cs.set_w1c_u16(offset, 0xffff);
+            assert_eq!(cs.u32_at(offset), 0);
+            assert_eq!(cs.u16_at(offset), 0);
+        }
+        cs.write(0, usize::MAX, &[1, 2]);
+        cs.write(usize::MAX, 0, &[1]);
+        assert_eq!(cs.u32_at(0), 0x5678_1234);
     }
 }
