@@ -63,7 +63,7 @@ fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
 pub const KVM_DEVICE_ENV: &str = "RINGZERO_KVM_DEVICE";
 
 /// Opens the KVM device node (`/dev/kvm` unless [`KVM_DEVICE_ENV`] says otherwise).
-fn open_kvm() -> Result<Kvm, KvmError> {
+pub(crate) fn open_kvm() -> Result<Kvm, KvmError> {
     let path = std::env::var(KVM_DEVICE_ENV).unwrap_or_else(|_| "/dev/kvm".to_string());
     let cpath = std::ffi::CString::new(path.clone()).map_err(|_| {
         KvmError::Open(

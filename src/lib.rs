@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod difftest;
 pub mod images;
 pub mod kvm;
 pub mod loader;
