@@ -229,6 +229,15 @@ fn shifts_match_host() {
         ("shr8_1", nat!("shr {a:l}, 1"), |c| c.shr(al, 1), AF),
         ("sar64_1", nat!("sar {a}, 1"), |c| c.sar(rax, 1), AF),
         ("shl16_0", nat!("shl {a:x}, 0"), |c| c.shl(ax, 0), 0),
+        ("shl32_0", nat!("shl {a:e}, 0"), |c| c.shl(eax, 0), 0),
+        ("ror32_0", nat!("ror {a:e}, 0"), |c| c.ror(eax, 0), 0),
+        ("rcl32_0", nat!("rcl {a:e}, 0"), |c| c.rcl(eax, 0), 0),
+        (
+            "shld32_0",
+            nat!("shld {a:e}, {b:e}, 0"),
+            |c| c.shld(eax, ebx, 0),
+            0,
+        ),
         ("shr64_63", nat!("shr {a}, 63"), |c| c.shr(rax, 63), AF | OF),
         ("shl8_9", nat!("shl {a:l}, 9"), |c| c.shl(al, 9), AF | OF),
         ("rol8", nat!("rol {a:l}, cl"), |c| c.rol(al, cl), OF),
@@ -504,6 +513,86 @@ fn conditions_match_host() {
                 c.cmovp(eax, ebx)
             },
         ),
+    ];
+    for (name, n, b) in cases {
+        check(name, *n, *b, 0, false);
+    }
+}
+
+/// Whether DIV/IDIV of rdx:rax (ax for bytes) by `b` at width `w` raises #DE.
+fn divide_faults(signed: bool, w: u32, a: u64, d: u64, b: u64) -> bool {
+    let m = |v: u64| if w == 64 { v } else { v & ((1u64 << w) - 1) };
+    let (hi, lo) = if w == 8 {
+        ((a >> 8) & 0xff, a & 0xff)
+    } else {
+        (m(d), m(a))
+    };
+    let n = (u128::from(hi) << w) | u128::from(lo);
+    if m(b) == 0 {
+        return true;
+    }
+    if signed {
+        let sn = ((n << (128 - 2 * w)) as i128) >> (128 - 2 * w);
+        let sb = ((u128::from(m(b)) << (128 - w)) as i128) >> (128 - w);
+        let q = sn / sb;
+        let lim = 1i128 << (w - 1);
+        !(-lim..lim).contains(&q)
+    } else {
+        (n / u128::from(m(b))) >> w != 0
+    }
+}
+
+#[test]
+fn divide_matches_host() {
+    // All six flags are undefined after DIV/IDIV; the interpreter leaves them unchanged.
+    let cases: &[(&str, Native, Build, bool, u32)] = &[
+        ("div8", nat_acc!("div {b:l}"), |c| c.div(bl), false, 8),
+        ("div16", nat_acc!("div {b:x}"), |c| c.div(bx), false, 16),
+        ("div32", nat_acc!("div {b:e}"), |c| c.div(ebx), false, 32),
+        ("div64", nat_acc!("div {b}"), |c| c.div(rbx), false, 64),
+        ("idiv8", nat_acc!("idiv {b:l}"), |c| c.idiv(bl), true, 8),
+        ("idiv16", nat_acc!("idiv {b:x}"), |c| c.idiv(bx), true, 16),
+        ("idiv32", nat_acc!("idiv {b:e}"), |c| c.idiv(ebx), true, 32),
+        ("idiv64", nat_acc!("idiv {b}"), |c| c.idiv(rbx), true, 64),
+    ];
+    let mut rng = Rng(12345);
+    for (name, native, build, signed, w) in cases {
+        let mut checked = 0;
+        for i in 0..20000 {
+            let a = rng.next();
+            // Small high halves and divisors so that many cases do not overflow.
+            let d = if i % 2 == 0 {
+                rng.next() >> (64 - w / 2)
+            } else {
+                u64::MAX
+            };
+            let b = rng.next() >> (i % 64);
+            if divide_faults(*signed, *w, a, d, b) {
+                continue;
+            }
+            checked += 1;
+            let f = rflags::FIXED1;
+            let want = native(a, b, d, f);
+            let got = interp(build, a, b, d, f);
+            assert_eq!(
+                (got.0, got.1),
+                (want.0, want.1),
+                "{name}: a={a:#x} b={b:#x} d={d:#x}"
+            );
+        }
+        assert!(checked > 1000, "{name}: only {checked} non-faulting cases");
+    }
+}
+
+#[test]
+fn sign_extensions_match_host() {
+    let cases: &[(&str, Native, Build)] = &[
+        ("cbw", nat_acc!("cbw"), |c| c.cbw()),
+        ("cwde", nat_acc!("cwde"), |c| c.cwde()),
+        ("cdqe", nat_acc!("cdqe"), |c| c.cdqe()),
+        ("cwd", nat_acc!("cwd"), |c| c.cwd()),
+        ("cdq", nat_acc!("cdq"), |c| c.cdq()),
+        ("cqo", nat_acc!("cqo"), |c| c.cqo()),
     ];
     for (name, n, b) in cases {
         check(name, *n, *b, 0, false);

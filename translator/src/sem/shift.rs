@@ -56,6 +56,15 @@ fn write_result<E: Emitter>(
     dst.write(e, v)
 }
 
+/// A masked count of 0 changes no flags and no value, but a 32-bit register destination is
+/// still written, so its upper half is cleared (as the hardware does).
+fn count_zero<E: Emitter>(e: &mut E, dst: &Loc<E::V>, a: E::V) -> Result<(), Exception> {
+    match dst {
+        Loc::Reg(_) => dst.write(e, a),
+        _ => Ok(()),
+    }
+}
+
 /// SHL/SAL, SHR, SAR.
 pub fn shift<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     let dst = loc(e, insn, 0)?;
@@ -63,7 +72,7 @@ pub fn shift<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception>
     let a = dst.read(e, w)?;
     let (n, constant) = count(e, insn, 1, w)?;
     if constant == Some(0) {
-        return Ok(());
+        return count_zero(e, &dst, a);
     }
     let (op, raw) = match insn.mnemonic() {
         Mnemonic::Shr => (CcOp::Shr, e.bin(BinOp::Shr, a, n)),
@@ -106,7 +115,7 @@ pub fn rotate<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception
     let a = dst.read(e, w)?;
     let (n, constant) = count(e, insn, 1, w)?;
     if constant == Some(0) {
-        return Ok(());
+        return count_zero(e, &dst, a);
     }
     let k = e.and_i(n, u64::from(w - 1));
     let left = insn.mnemonic() == Mnemonic::Rol;
@@ -139,7 +148,7 @@ pub fn rotate_carry<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exc
     let a = dst.read(e, w)?;
     let (n, constant) = count(e, insn, 1, w)?;
     if constant == Some(0) {
-        return Ok(());
+        return count_zero(e, &dst, a);
     }
     let k = match w {
         8 | 16 => {
@@ -204,7 +213,7 @@ pub fn double<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception
     let b = src.read(e, w)?;
     let (n, constant) = count(e, insn, 2, w)?;
     if constant == Some(0) {
-        return Ok(());
+        return count_zero(e, &dst, a);
     }
     let wv = e.imm(u64::from(w));
     let back = e.sub(wv, n);

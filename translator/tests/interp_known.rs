@@ -1,0 +1,584 @@
+//! Known-answer tests for the interpreter tier: operand forms, memory, stack, control flow,
+//! exceptions and modes, with expected values from the Intel SDM.
+
+use iced_x86::code_asm::*;
+use ringzero_translator::interp::{decode, run_block, step};
+use ringzero_translator::mem::{FlatMem, GuestMem};
+use ringzero_translator::sem::{Exception, BP, DE, GP, SS, UD};
+use ringzero_translator::state::{ctl, reg, rflags, CpuState, Segment};
+
+const CODE: u64 = 0x1000;
+const STACK: u64 = 0x8000;
+
+fn cpu(bits: u32) -> CpuState {
+    let mut c = CpuState::default();
+    match bits {
+        64 => {
+            c.cr0 |= ctl::CR0_PE | ctl::CR0_PG;
+            c.cr4 |= ctl::CR4_PAE;
+            c.efer = ctl::EFER_LME | ctl::EFER_LMA;
+            c.cs = Segment::code64(0x10);
+            c.ss = Segment::flat32(0x18, false);
+            c.ds = Segment::flat32(0x18, false);
+        }
+        32 => {
+            c.cr0 |= ctl::CR0_PE;
+            c.cs = Segment::flat32(0x08, true);
+            c.ss = Segment::flat32(0x10, false);
+            c.ds = Segment::flat32(0x10, false);
+            c.es = Segment::flat32(0x10, false);
+        }
+        _ => {}
+    }
+    c.rip = CODE;
+    c.gpr[reg::RSP] = STACK;
+    c
+}
+
+struct Run {
+    cpu: CpuState,
+    mem: FlatMem,
+    end: u64,
+}
+
+impl Run {
+    fn new(bits: u32, build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Run {
+        let mut a = CodeAssembler::new(bits).unwrap();
+        build(&mut a).unwrap();
+        let bytes = a.assemble(CODE).unwrap();
+        Run::bytes(bits, &bytes)
+    }
+
+    fn bytes(bits: u32, bytes: &[u8]) -> Run {
+        let mut mem = FlatMem::new(0, 0x10000);
+        mem.write(CODE, bytes).unwrap();
+        Run {
+            cpu: cpu(bits),
+            mem,
+            end: CODE + bytes.len() as u64,
+        }
+    }
+
+    /// Steps until RIP reaches the end of the code or an exception.
+    fn go(&mut self) -> Result<(), Exception> {
+        for _ in 0..1000 {
+            if self.cpu.rip == self.end {
+                return Ok(());
+            }
+            step(&mut self.cpu, &mut self.mem)?;
+        }
+        panic!("no progress");
+    }
+
+    fn r(&self, i: usize) -> u64 {
+        self.cpu.gpr[i]
+    }
+
+    fn m64(&mut self, addr: u64) -> u64 {
+        let mut b = [0; 8];
+        self.mem.read(addr, &mut b).unwrap();
+        u64::from_le_bytes(b)
+    }
+}
+
+#[test]
+fn high_byte_registers_and_partial_writes() {
+    let mut t = Run::new(64, |c| {
+        c.mov(rax, 0x1111_2222_3333_4444u64)?;
+        c.mov(ah, 0x12)?;
+        c.mov(rbx, -1i64)?;
+        c.add(bh, ah)?; // 0xff + 0x12 = 0x11, CF
+        c.mov(cx, 0xbeef)?; // keeps rcx[63:16]
+        c.mov(edx, -1)?; // zero-extends
+        c.movzx(esi, ah)?;
+        c.movsx(edi, bh)?;
+        c.mov(r8b, 0x80)?;
+        c.movsxd(r9, r8d)
+    });
+    t.cpu.gpr[reg::RCX] = 0xaaaa_aaaa_aaaa_aaaa;
+    t.cpu.gpr[reg::R8] = 0x7fff_ff00;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x1111_2222_3333_1244);
+    assert_eq!(t.r(reg::RBX), 0xffff_ffff_ffff_11ff);
+    assert_eq!(t.r(reg::RCX), 0xaaaa_aaaa_aaaa_beef);
+    assert_eq!(t.r(reg::RDX), 0xffff_ffff);
+    assert_eq!(t.r(reg::RSI), 0x12);
+    assert_eq!(t.r(reg::RDI), 0x11);
+    assert_eq!(t.r(reg::R9), 0x7fff_ff80);
+    assert_ne!(t.cpu.rflags & rflags::CF, 0);
+}
+
+#[test]
+fn xchg_eax_eax_zero_extends_but_nop_does_not() {
+    // 87 C0 = xchg eax, eax (a 32-bit write); 90 = nop in 64-bit mode.
+    let mut t = Run::bytes(64, &[0x90, 0x87, 0xc0]);
+    t.cpu.gpr[reg::RAX] = 0xdead_beef_0000_0001;
+    step(&mut t.cpu, &mut t.mem).unwrap();
+    assert_eq!(t.r(reg::RAX), 0xdead_beef_0000_0001);
+    step(&mut t.cpu, &mut t.mem).unwrap();
+    assert_eq!(t.r(reg::RAX), 1);
+}
+
+#[test]
+fn memory_operands_rip_relative_and_fs_base() {
+    let mut t = Run::new(64, |c| {
+        c.mov(qword_ptr(0x3000), rbx)?; // absolute (SIB, no base)
+        c.add(qword_ptr(rcx + rdx * 4 + 0x10), 5)?;
+        c.mov(rsi, qword_ptr(0x3000))?;
+        c.mov(r10, qword_ptr(0x20).fs())?;
+        c.xchg(qword_ptr(0x3008), r11)?;
+        c.lea(r12, qword_ptr(rcx + rdx * 8 - 1))?;
+        c.lea(r13d, dword_ptr(ecx + edx)) // 32-bit address size wraps
+    });
+    t.cpu.gpr[reg::RBX] = 0x1234_5678_9abc_def0;
+    t.cpu.gpr[reg::RCX] = 0xffff_ff00;
+    t.cpu.gpr[reg::RDX] = 0x140;
+    t.cpu.gpr[reg::R11] = 77;
+    t.cpu.fs.base = 0x4000;
+    t.mem.write(0x4020, &0x55u64.to_le_bytes()).unwrap();
+    t.mem.write(0x3008, &99u64.to_le_bytes()).unwrap();
+    // rcx + rdx*4 + 0x10 = 0xffff_ff00 + 0x510: outside the 64 KiB memory, so move it.
+    t.cpu.gpr[reg::RCX] = 0x2000 - 0x510;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RSI), 0x1234_5678_9abc_def0);
+    assert_eq!(t.m64(0x2000), 5);
+    assert_eq!(t.r(reg::R10), 0x55);
+    assert_eq!(t.r(reg::R11), 99);
+    assert_eq!(t.m64(0x3008), 77);
+    assert_eq!(t.r(reg::R12), (0x2000 - 0x510) + 0x140 * 8 - 1);
+    assert_eq!(t.r(reg::R13), ((0x2000u64 - 0x510 + 0x140) & 0xffff_ffff));
+}
+
+#[test]
+fn rip_relative_operand() {
+    // mov rax, [rip + 0xff9]: next RIP 0x1007, operand at 0x2000.
+    let mut t = Run::bytes(64, &[0x48, 0x8b, 0x05, 0xf9, 0x0f, 0x00, 0x00]);
+    t.mem.write(0x2000, &0x5151u64.to_le_bytes()).unwrap();
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x5151);
+}
+
+#[test]
+fn lea_wraps_at_32_bit_address_size() {
+    let mut t = Run::new(64, |c| c.lea(eax, dword_ptr(ebx + ecx * 2 + 0x10)));
+    t.cpu.gpr[reg::RBX] = 0xffff_fff0;
+    t.cpu.gpr[reg::RCX] = 0x8;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x10);
+}
+
+#[test]
+fn push_pop_sizes_and_forms() {
+    let mut t = Run::new(64, |c| {
+        c.push(rbx)?;
+        c.push(ax)?; // 66 50: 2 bytes
+        c.push(-2)?; // imm8 sign-extended to 64 bits
+        c.pop(rcx)?;
+        c.pop(dx)?;
+        c.push(qword_ptr(0x3000))?;
+        c.pop(qword_ptr(rsp + 8))?; // addressed with the incremented RSP
+        c.push(rsp)?;
+        c.pop(rsi)
+    });
+    t.cpu.gpr[reg::RBX] = 0x1111;
+    t.cpu.gpr[reg::RAX] = 0xabcd;
+    t.cpu.gpr[reg::RDX] = 0xffff_ffff_ffff_0000;
+    t.mem.write(0x3000, &0x77u64.to_le_bytes()).unwrap();
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RCX), u64::MAX - 1);
+    assert_eq!(t.r(reg::RDX), 0xffff_ffff_ffff_abcd);
+    assert_eq!(t.r(reg::RSP), STACK - 8);
+    assert_eq!(
+        t.m64(STACK),
+        0x77,
+        "pop [rsp+8] stores 8 above the popped slot"
+    );
+    assert_eq!(t.r(reg::RSI), STACK - 8, "push rsp pushes the old value");
+}
+
+#[test]
+fn call_ret_and_ret_imm() {
+    let mut t = Run::new(64, |c| {
+        let mut f = c.create_label();
+        let mut done = c.create_label();
+        c.push(1)?;
+        c.call(f)?;
+        c.jmp(done)?;
+        c.set_label(&mut f)?;
+        c.mov(rax, qword_ptr(rsp))?; // the return address
+        c.ret_1(8)?;
+        c.set_label(&mut done)?;
+        c.nop()
+    });
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RSP), STACK);
+    // push 1 = 2 bytes (6a 01), call rel32 = 5 bytes.
+    assert_eq!(t.r(reg::RAX), CODE + 7);
+}
+
+#[test]
+fn indirect_jmp_and_call_through_memory() {
+    let mut t = Run::new(64, |c| {
+        c.call(qword_ptr(0x3000))?;
+        c.nop()
+    });
+    let target = t.end - 1; // the nop
+    t.mem.write(0x3000, &target.to_le_bytes()).unwrap();
+    step(&mut t.cpu, &mut t.mem).unwrap();
+    assert_eq!(t.cpu.rip, target);
+    assert_eq!(t.m64(STACK - 8), CODE + 7);
+}
+
+#[test]
+fn divide_errors_leave_state_unchanged() {
+    for build in [
+        (|c: &mut CodeAssembler| c.div(ebx)) as fn(&mut CodeAssembler) -> Result<(), IcedError>,
+        |c| c.div(rbx),
+        |c| c.idiv(bl),
+        |c| c.idiv(ecx),
+        |c| c.div(cx),
+        |c| c.idiv(rcx),
+    ] {
+        let mut t = Run::new(64, build);
+        t.cpu.gpr[reg::RAX] = 0x8000_0000_0000_0000;
+        t.cpu.gpr[reg::RDX] = 0xffff_ffff_ffff_ffff;
+        t.cpu.gpr[reg::RBX] = 0; // divide by zero
+        t.cpu.gpr[reg::RCX] = u64::MAX; // -1: quotient overflow
+        t.cpu.rflags = rflags::FIXED1 | rflags::CF | rflags::ZF;
+        let before = t.cpu.clone();
+        assert_eq!(t.go(), Err(Exception::cpu(DE)));
+        assert_eq!(t.cpu, before);
+    }
+}
+
+#[test]
+fn division_known_answers() {
+    let mut t = Run::new(64, |c| c.div(rbx));
+    t.cpu.gpr[reg::RDX] = 1;
+    t.cpu.gpr[reg::RAX] = 5;
+    t.cpu.gpr[reg::RBX] = 2;
+    t.go().unwrap();
+    assert_eq!((t.r(reg::RAX), t.r(reg::RDX)), (0x8000_0000_0000_0002, 1));
+
+    let mut t = Run::new(64, |c| c.idiv(bl));
+    t.cpu.gpr[reg::RAX] = 0xff85; // -123
+    t.cpu.gpr[reg::RBX] = 10;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX) & 0xffff, 0xfdf4); // AL = -12, AH = -3
+
+    let mut t = Run::new(64, |c| c.idiv(rcx));
+    t.cpu.gpr[reg::RAX] = (-7i64) as u64;
+    t.cpu.gpr[reg::RDX] = u64::MAX;
+    t.cpu.gpr[reg::RCX] = 2;
+    t.go().unwrap();
+    assert_eq!((t.r(reg::RAX) as i64, t.r(reg::RDX) as i64), (-3, -1));
+
+    // -128 / -1 overflows an 8-bit quotient.
+    let mut t = Run::new(64, |c| c.idiv(cl));
+    t.cpu.gpr[reg::RAX] = 0xff80;
+    t.cpu.gpr[reg::RCX] = 0xff;
+    assert_eq!(t.go(), Err(Exception::cpu(DE)));
+}
+
+#[test]
+fn carries_chain_across_operand_sizes() {
+    // A 128-bit add from 64-bit halves and the same carry feeding 8/16/32-bit adc.
+    let mut t = Run::new(64, |c| {
+        c.add(rax, rbx)?;
+        c.adc(rdx, rcx)?;
+        c.stc()?;
+        c.adc(sil, 0)?;
+        c.stc()?;
+        c.adc(di, 0xffff)?; // 0 + 0xffff + 1 = 0x1_0000: CF
+        c.adc(r8d, 0)
+    });
+    t.cpu.gpr[reg::RAX] = u64::MAX;
+    t.cpu.gpr[reg::RBX] = 1;
+    t.cpu.gpr[reg::RDX] = 5;
+    t.cpu.gpr[reg::RCX] = 6;
+    t.cpu.gpr[reg::RSI] = 0xff;
+    t.cpu.gpr[reg::R8] = 0xffff_ffff_0000_0007;
+    t.go().unwrap();
+    assert_eq!((t.r(reg::RAX), t.r(reg::RDX)), (0, 12));
+    assert_eq!(t.r(reg::RSI), 0); // 0xff + 0 + 1 wraps
+    assert_eq!(t.r(reg::RDI), 0);
+    assert_eq!(
+        t.r(reg::R8),
+        8,
+        "carry from the 16-bit adc, upper half zeroed"
+    );
+}
+
+#[test]
+fn flag_instructions_pushf_popf_lahf_sahf() {
+    let mut t = Run::new(64, |c| {
+        c.cmp(eax, ebx)?; // 1 - 2: CF, SF, AF, PF
+        c.lahf()?;
+        c.mov(cl, ah)?;
+        c.cmc()?;
+        c.std()?;
+        c.pushfq()?;
+        c.pop(rdx)?;
+        c.mov(ah, 0xd5)?;
+        c.sahf()?;
+        c.cld()?;
+        c.push(0x0cd5u64 as i32)?;
+        c.popfq()
+    });
+    t.cpu.gpr[reg::RAX] = 1;
+    t.cpu.gpr[reg::RBX] = 2;
+    t.go().unwrap();
+    let cmp_flags = rflags::CF | rflags::SF | rflags::AF | rflags::PF;
+    assert_eq!(t.r(reg::RCX) & 0xff, cmp_flags | 2);
+    assert_eq!(t.r(reg::RDX), (cmp_flags & !rflags::CF) | rflags::DF | 2);
+    // POPF at CPL 0 took every arithmetic flag and DF; IF came from the image (0x200 not set).
+    assert_eq!(t.cpu.rflags, 0x0cd5 | 2);
+}
+
+#[test]
+fn popf_at_cpl3_keeps_if_and_iopl() {
+    let mut t = Run::new(64, |c| {
+        c.push(0x3000 | 0x200 | 0x1)?; // IOPL 3, IF, CF
+        c.popfq()
+    });
+    t.cpu.cs.dpl = 3;
+    t.cpu.rflags = rflags::FIXED1 | rflags::IF;
+    t.go().unwrap();
+    assert_eq!(t.cpu.rflags, rflags::FIXED1 | rflags::IF | rflags::CF);
+}
+
+#[test]
+fn conditional_loop_and_block_runner() {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut top = a.create_label();
+    a.set_label(&mut top).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.dec(rcx).unwrap();
+    a.jne(top).unwrap();
+    let bytes = a.assemble(CODE).unwrap();
+    let mut mem = FlatMem::new(0, 0x10000);
+    mem.write(CODE, &bytes).unwrap();
+    let mut c = cpu(64);
+    c.gpr[reg::RCX] = 10;
+    // Decode the block once, run it repeatedly.
+    let mut block = Vec::new();
+    let mut probe = c.clone();
+    for _ in 0..3 {
+        let i = decode(&probe, &mut mem).unwrap();
+        probe.rip = i.next_ip();
+        block.push(i);
+    }
+    let mut runs = 0;
+    while c.rip == CODE {
+        let exit = run_block(&mut c, &mut mem, &block);
+        assert_eq!((exit.executed, exit.exception), (3, None));
+        runs += 1;
+    }
+    assert_eq!(runs, 10);
+    assert_eq!(c.gpr[reg::RAX], 55);
+    assert_ne!(c.rflags & rflags::ZF, 0);
+}
+
+#[test]
+fn jrcxz_and_loop() {
+    let mut t = Run::new(64, |c| {
+        let mut top = c.create_label();
+        let mut out = c.create_label();
+        c.set_label(&mut top)?;
+        c.inc(rax)?;
+        c.loop_(top)?;
+        c.jrcxz(out)?;
+        c.ud2()?;
+        c.set_label(&mut out)?;
+        c.nop()
+    });
+    t.cpu.gpr[reg::RCX] = 4;
+    t.go().unwrap();
+    assert_eq!((t.r(reg::RAX), t.r(reg::RCX)), (4, 0));
+}
+
+#[test]
+fn faults_and_traps() {
+    // ud2: #UD, RIP unchanged.
+    let mut t = Run::new(64, |c| c.ud2());
+    assert_eq!(t.go(), Err(Exception::cpu(UD)));
+    assert_eq!(t.cpu.rip, CODE);
+    // int3: #BP is a trap, RIP after it.
+    let mut t = Run::new(64, |c| c.int3());
+    assert_eq!(t.go(), Err(Exception::cpu(BP)));
+    assert_eq!(t.cpu.rip, CODE + 1);
+    // Undecodable bytes (PUSH ES is invalid in 64-bit mode; F0 on a non-lockable op).
+    for bytes in [&[0x06][..], &[0xf0, 0x90], &[0x0f, 0xff, 0xff, 0xff]] {
+        let mut t = Run::bytes(64, bytes);
+        assert_eq!(
+            step(&mut t.cpu, &mut t.mem),
+            Err(Exception::cpu(UD)),
+            "{bytes:x?}"
+        );
+    }
+    // An instruction that runs off the end of memory is a memory fault, not a panic.
+    let mut mem = FlatMem::new(0, 0x1002);
+    mem.write(0x1000, &[0x48, 0xb8]).unwrap(); // mov rax, imm64 cut short
+    let mut c = cpu(64);
+    assert!(matches!(step(&mut c, &mut mem), Err(Exception::Memory(_))));
+    // Non-canonical data address: #GP(0); stack-relative: #SS(0); state unchanged.
+    let gp = Exception::Cpu {
+        vector: GP,
+        error: Some(0),
+    };
+    let ssf = Exception::Cpu {
+        vector: SS,
+        error: Some(0),
+    };
+    let mut t = Run::new(64, |c| c.mov(qword_ptr(rbx), rax));
+    t.cpu.gpr[reg::RBX] = 0x0000_8000_0000_0000;
+    assert_eq!(t.go(), Err(gp));
+    let mut t = Run::new(64, |c| c.push(rax));
+    t.cpu.gpr[reg::RSP] = 0x0000_8000_0000_0008;
+    let before = t.cpu.clone();
+    assert_eq!(t.go(), Err(ssf));
+    assert_eq!(t.cpu, before);
+    // A jump or call to a non-canonical target faults at the branch, pushing nothing.
+    let mut t = Run::new(64, |c| c.call(rbx));
+    t.cpu.gpr[reg::RBX] = 0x1234_5678_9abc_def0;
+    let before = t.cpu.clone();
+    assert_eq!(t.go(), Err(gp));
+    assert_eq!(t.cpu, before);
+    // Memory that does not exist.
+    let mut t = Run::new(64, |c| c.mov(rax, qword_ptr(0x20000)));
+    assert!(matches!(t.go(), Err(Exception::Memory(_))));
+    assert_eq!(t.cpu.rip, CODE);
+}
+
+#[test]
+fn lazy_flags_survive_a_fault() {
+    // The cmp's lazy flags are pending when the store faults; RFLAGS must show the cmp result.
+    let mut t = Run::new(64, |c| {
+        c.cmp(eax, ebx)?;
+        c.add(qword_ptr(0x20000), 1)
+    });
+    t.cpu.gpr[reg::RAX] = 5;
+    t.cpu.gpr[reg::RBX] = 5;
+    let mut block = Vec::new();
+    let mut probe = t.cpu.clone();
+    for _ in 0..2 {
+        let i = decode(&probe, &mut t.mem).unwrap();
+        probe.rip = i.next_ip();
+        block.push(i);
+    }
+    let exit = run_block(&mut t.cpu, &mut t.mem, &block);
+    assert_eq!(exit.executed, 1);
+    assert!(matches!(exit.exception, Some(Exception::Memory(_))));
+    assert_eq!(t.cpu.rflags, rflags::FIXED1 | rflags::ZF | rflags::PF);
+    assert_eq!(t.cpu.rip, block[1].ip());
+}
+
+#[test]
+fn bit_test_memory_offsets_beyond_the_operand() {
+    let mut t = Run::new(64, |c| {
+        c.bts(dword_ptr(0x3010), ecx)?; // bit 100: dword at +12, bit 4
+        c.bt(dword_ptr(0x3010), edx)?; // bit -1: dword at -4, bit 31
+        c.btc(word_ptr(0x3010), 17)?; // immediate: modulo 16 -> bit 1
+        c.setb(al)
+    });
+    t.cpu.gpr[reg::RCX] = 100;
+    t.cpu.gpr[reg::RDX] = u64::MAX;
+    t.mem.write(0x300c, &0x8000_0000u32.to_le_bytes()).unwrap();
+    t.go().unwrap();
+    assert_eq!(t.m64(0x3018) >> 32 & 0xffff_ffff, 0x10);
+    assert_eq!(t.m64(0x3010) & 0xffff, 2);
+    assert_eq!(t.r(reg::RAX) & 0xff, 0, "bit 1 was clear before btc");
+}
+
+#[test]
+fn shift_by_zero_keeps_flags_and_rotate_mod_width() {
+    let mut t = Run::new(64, |c| {
+        c.cmp(eax, ebx)?; // sets CF
+        c.shl(edx, cl)?; // cl = 32 -> masked to 0: flags kept, but still a 32-bit write
+        c.rol(si, cl)?; // 16-bit rotate by 32 mod 16 = 0, but flags update (CF = bit 0)
+        c.mov(edi, 0x81)?;
+        c.ror(dil, 9)?; // 9 mod 8 = 1
+        c.rcl(r8b, 9) // 9 mod 9 = 0: value and CF unchanged
+    });
+    t.cpu.gpr[reg::RAX] = 1;
+    t.cpu.gpr[reg::RBX] = 2;
+    t.cpu.gpr[reg::RCX] = 32;
+    t.cpu.gpr[reg::RDX] = 0xffff_ffff_0000_0001;
+    t.cpu.gpr[reg::RSI] = 0x1234_0002;
+    t.cpu.gpr[reg::R8] = 0x5a;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RDX), 1);
+    assert_eq!(t.r(reg::RSI), 0x1234_0002);
+    assert_eq!(t.r(reg::RDI), 0xc0);
+    assert_eq!(t.r(reg::R8), 0x5a);
+    assert_ne!(
+        t.cpu.rflags & rflags::CF,
+        0,
+        "ror 0x81 by 1: CF = new MSB = 1, kept by rcl 9"
+    );
+}
+
+#[test]
+fn protected_mode_32_bit_segments_and_stack() {
+    let mut t = Run::new(32, |c| {
+        c.push(eax)?;
+        c.push(ax)?;
+        c.pop(bx)?;
+        c.mov(ecx, dword_ptr(0x100))?; // DS base applies outside 64-bit mode
+        c.call(dword_ptr(0x104))
+    });
+    t.cpu.ds.base = 0x3000;
+    t.cpu.gpr[reg::RAX] = 0xcafe_f00d;
+    t.cpu.gpr[reg::RBX] = 0xffff_0000;
+    t.mem.write(0x3100, &0x4444u32.to_le_bytes()).unwrap();
+    t.mem.write(0x3104, &0x2000u32.to_le_bytes()).unwrap();
+    t.end = 0x2000;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RBX), 0xffff_f00d);
+    assert_eq!(t.r(reg::RCX), 0x4444);
+    assert_eq!(t.r(reg::RSP), STACK - 8);
+    assert_eq!(t.m64(STACK - 8) & 0xffff_ffff, 0x1000 + 1 + 2 + 2 + 6 + 6);
+}
+
+#[test]
+fn real_mode_16_bit_addressing() {
+    let mut t = Run::new(16, |c| {
+        c.mov(ax, word_ptr(bx + si + 2))?;
+        c.lea(dx, word_ptr(bx + si - 1))?; // wraps at 64 KiB
+        c.push(ax)?;
+        c.cwd()
+    });
+    t.cpu.ds = Segment::real_mode(0x300);
+    t.cpu.ss = Segment::real_mode(0x0);
+    t.cpu.gpr[reg::RBX] = 0xfff0;
+    t.cpu.gpr[reg::RSI] = 0x10;
+    t.mem.write(0x3002, &0x8123u16.to_le_bytes()).unwrap();
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x8123);
+    assert_eq!(t.r(reg::RDX), 0xffff);
+    assert_eq!(t.r(reg::RSP), STACK - 2);
+}
+
+#[test]
+fn accumulator_sign_extensions() {
+    let mut t = Run::new(64, |c| {
+        c.cbw()?;
+        c.cwde()?;
+        c.cdqe()?;
+        c.cqo()
+    });
+    t.cpu.gpr[reg::RAX] = 0x1234_5678_9abc_de80;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), u64::MAX - 0x7f);
+    assert_eq!(t.r(reg::RDX), u64::MAX);
+}
+
+#[test]
+fn unimplemented_instructions_are_reported_by_name() {
+    let mut t = Run::new(64, |c| c.cpuid());
+    assert_eq!(
+        t.go(),
+        Err(Exception::Unimplemented(iced_x86::Mnemonic::Cpuid))
+    );
+    assert_eq!(t.cpu.rip, CODE);
+}
