@@ -237,7 +237,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -246,7 +246,7 @@ impl Rng {
 
     /// A value in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n.max(1))) >> 64) as u64
+        ((u128::from(self.next_u64()) * u128::from(n.max(1))) >> 64) as u64
     }
 
     /// True with probability `num/den`.
@@ -277,7 +277,7 @@ impl Rng {
             6 => u64::from(bits),
             7 => self.below(64),
             8 => mask ^ self.below(16),
-            _ => self.next(),
+            _ => self.next_u64(),
         };
         v & mask
     }
@@ -424,7 +424,7 @@ struct Builder {
     /// Item ranges (first, last, owner) that only their owner (a call or loop) may branch into.
     protected: Vec<(usize, usize, usize)>,
     factory: InstructionInfoFactory,
-    codes: Vec<Code>,
+    codes: &'static [Code],
 }
 
 /// Generates case `index` of `seed` for `mode`, drawing from `family` (or a random family per
@@ -438,7 +438,7 @@ pub fn generate(seed: u64, index: u64, mode: Mode, family: Option<Family>) -> Ca
     let mut b = Builder::new(mode, family, rng);
     b.fill();
     let code = b.encode();
-    let mut rflags = b.rng.next() & super::RFLAGS_CASE_BITS;
+    let mut rflags = b.rng.next_u64() & super::RFLAGS_CASE_BITS;
     if family != Family::String {
         rflags &= !rflags::DF;
     }
@@ -447,7 +447,7 @@ pub fn generate(seed: u64, index: u64, mode: Mode, family: Option<Family>) -> Ca
         let v = match b.rng.below(8) {
             0 => 0,
             1 => u64::MAX,
-            _ => b.rng.next(),
+            _ => b.rng.next_u64(),
         };
         for (i, byte) in chunk.iter_mut().enumerate() {
             *byte = (v >> (8 * i)) as u8;
@@ -459,6 +459,20 @@ pub fn generate(seed: u64, index: u64, mode: Mode, family: Option<Family>) -> Ca
         rflags,
         data,
     }
+}
+
+/// [`family_codes`], computed once per family and mode (scanning iced's tables is slow).
+fn cached_family_codes(family: Family, mode: Mode) -> &'static [Code] {
+    static TABLES: std::sync::OnceLock<Vec<Vec<Code>>> = std::sync::OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        Family::ALL
+            .iter()
+            .flat_map(|f| [Mode::Long64, Mode::Compat32].map(|m| family_codes(*f, m)))
+            .collect()
+    });
+    let f = Family::ALL.iter().position(|x| *x == family).unwrap_or(0);
+    let m = usize::from(mode == Mode::Compat32);
+    tables.get(f * 2 + m).map(Vec::as_slice).unwrap_or(&[])
 }
 
 /// Codes of `family` usable in `mode` whose operands the builder knows how to fill.
@@ -634,7 +648,7 @@ impl Builder {
             reserved |= 1 << 5;
             regs[5] = STACK_TOP + 0x100 + (rng.below(0x40) & !7);
         }
-        let codes = family_codes(family, mode);
+        let codes = cached_family_codes(family, mode);
         Builder {
             mode,
             family,
@@ -732,7 +746,7 @@ impl Builder {
 
     /// One random instruction from the family's opcode table.
     fn table_insn(&mut self) -> Option<Instruction> {
-        let code = self.rng.pick(&self.codes)?;
+        let code = self.rng.pick(self.codes)?;
         let info = code.op_code();
         let mut ops = Vec::with_capacity(4);
         // The largest access any of these forms makes (cmpxchg16b); margins are sized for it.
@@ -891,7 +905,7 @@ impl Builder {
             6 => {
                 // popf only of a value we pushed: TF clear (single-step would end the case),
                 // the other user-writable bits random.
-                let v = (self.rng.next() as u32) & !(rflags::TF as u32);
+                let v = (self.rng.next_u64() as u32) & !(rflags::TF as u32);
                 let (pc, fc) = if wide {
                     (Code::Pushq_imm32, Code::Popfq)
                 } else {
@@ -1345,9 +1359,9 @@ mod tests {
 
     #[test]
     fn rng_is_deterministic_and_spread() {
-        let a: Vec<u64> = (0..4).map(|_| Rng::new(1, 2).next()).collect();
+        let a: Vec<u64> = (0..4).map(|_| Rng::new(1, 2).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(Rng::new(1, 2).next(), Rng::new(1, 3).next());
+        assert_ne!(Rng::new(1, 2).next_u64(), Rng::new(1, 3).next_u64());
         let mut r = Rng::new(7, 0);
         assert!((0..1000).all(|_| r.below(10) < 10));
     }
