@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use ringzero::cli::{status, Cli, Command, RunArgs, SerialTarget};
+use ringzero::cli::{status, Cli, Command, DifftestArgs, DifftestMode, RunArgs, SerialTarget};
+use ringzero::difftest::{driver, gen::Family, DifftestError, Mode};
 use ringzero::loader::{self, KernelKind};
 use ringzero::machine::{self, BootSource, MachineConfig, RunOutcome, DEFAULT_LINUX_CMDLINE};
 use ringzero_devices::terminal::{self, TerminalInput};
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Difftest(args) => difftest(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -117,4 +119,49 @@ fn run(args: RunArgs) -> Result<u8> {
         _ => {}
     }
     Ok(report.outcome.exit_status())
+}
+
+fn difftest(args: DifftestArgs) -> Result<u8> {
+    let families = match &args.family {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                Family::from_name(name.trim()).with_context(|| {
+                    format!(
+                        "unknown family '{name}' (known: {})",
+                        ringzero::difftest::FAMILIES.join(", ")
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let config = driver::DifftestConfig {
+        seed: args.seed,
+        start: args.start,
+        cases: args.cases,
+        mode: match args.mode {
+            DifftestMode::Long64 => Mode::Long64,
+            DifftestMode::Compat32 => Mode::Compat32,
+        },
+        families,
+        skip_unimplemented: args.skip_unimplemented,
+        keep_going: args.keep_going,
+    };
+    let mut out = std::io::stdout();
+    match driver::run(&config, &mut out) {
+        Ok(summary) => {
+            print!("{}", summary.report(&driver::Tier::ALL));
+            Ok(if summary.passed(config.skip_unimplemented) {
+                status::OK
+            } else {
+                status::DIVERGENCE
+            })
+        }
+        Err(e @ (DifftestError::KvmUnavailable(_) | DifftestError::NotNative(_))) => {
+            eprintln!("ringzero: difftest: no hardware reference: {e}");
+            Ok(status::NO_REFERENCE)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -7,10 +7,12 @@
 //! KVM, the [`gen`]erator of random cases, the [`flags`] the manuals leave undefined, and the
 //! [`report`] that compares outcomes and prints a minimal reproducer.
 
+pub mod driver;
 pub mod flags;
 pub mod gen;
 pub mod oracle;
 pub mod report;
+pub mod translated;
 
 use ringzero_translator::state::{ctl, rflags, Segment};
 use ringzero_translator::CpuState;
