@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acpi;
 pub mod cli;
 pub mod difftest;
 pub mod images;
