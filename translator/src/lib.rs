@@ -2,12 +2,15 @@
 //!
 //! Status: this crate holds [`CpuState`], shared by both backends, and the first increment of
 //! the translator: the instruction semantics written once over an emitter trait ([`sem`]), the
-//! guest-memory interface ([`mem`]) and the interpreter tier ([`interp`]) that runs them. The
-//! Cranelift tier, translation blocks, code cache and MMU land in later increments.
+//! guest-memory interface ([`mem`]), the interpreter tier ([`interp`]) that runs them, and the
+//! Cranelift tier ([`jit`]) that compiles blocks of the same semantics to host code and returns
+//! the same [`interp::BlockExit`]. The code cache, dispatch loop, tier-up and MMU land in later
+//! increments.
 
 #![warn(missing_docs)]
 
 pub mod interp;
+pub mod jit;
 pub mod mem;
 pub mod sem;
 pub mod state;

@@ -10,22 +10,14 @@ use iced_x86::code_asm::*;
 use ringzero_translator::interp::step;
 use ringzero_translator::mem::FlatMem;
 use ringzero_translator::sem::flags::ARITH;
-use ringzero_translator::state::{ctl, reg, rflags, CpuState, Segment};
+use ringzero_translator::state::{reg, rflags, CpuState};
 use std::arch::asm;
 
-const CODE: u64 = 0x1000;
+mod common;
+use common::{operand_pairs, Rng, CODE};
 
 fn cpu64() -> CpuState {
-    let mut c = CpuState::default();
-    c.cr0 |= ctl::CR0_PE | ctl::CR0_PG;
-    c.cr4 |= ctl::CR4_PAE;
-    c.efer = ctl::EFER_LME | ctl::EFER_LMA;
-    c.cs = Segment::code64(0x10);
-    c.ss = Segment::flat32(0x18, false);
-    c.ds = Segment::flat32(0x18, false);
-    c.rip = CODE;
-    c.gpr[reg::RSP] = 0x8000;
-    c
+    common::cpu(64)
 }
 
 /// Runs one instruction built by `build` with rax = a, rbx = rcx = b, rdx = d: (rax, rdx, rflags).
@@ -92,45 +84,14 @@ macro_rules! nat_acc {
 type Native = fn(u64, u64, u64, u64) -> (u64, u64, u64);
 type Build = fn(&mut CodeAssembler) -> Result<(), IcedError>;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-const EDGES: [u64; 14] = [
-    0,
-    1,
-    2,
-    0x7f,
-    0x80,
-    0xff,
-    0x7fff,
-    0x8000,
-    0xffff,
-    0x7fff_ffff,
-    0x8000_0000,
-    0xffff_ffff,
-    0x7fff_ffff_ffff_ffff,
-    0x8000_0000_0000_0000,
-];
-
 /// Compares interpreter and host on edge values and random inputs; `undefined` flags are masked.
 fn check(name: &str, native: Native, build: Build, undefined: u64, small_b: bool) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ name.len() as u64);
-    let mut inputs = Vec::new();
-    for &a in &EDGES {
-        for &b in &EDGES {
-            inputs.push((a, b));
-        }
-        inputs.push((a, u64::MAX));
-    }
-    for _ in 0..3000 {
-        inputs.push((rng.next(), rng.next()));
+    let seed = 0x9e37_79b9_7f4a_7c15 ^ name.len() as u64;
+    let inputs = operand_pairs(seed, 3000);
+    // The flags and rdx stream continues after the operand pairs, as it always has.
+    let mut rng = Rng(seed);
+    for _ in 0..2 * 3000 {
+        rng.next();
     }
     for (i, &(a, b)) in inputs.iter().enumerate() {
         let b = if small_b { b % 80 } else { b };

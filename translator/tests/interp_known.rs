@@ -5,35 +5,10 @@ use iced_x86::code_asm::*;
 use ringzero_translator::interp::{decode, run_block, step};
 use ringzero_translator::mem::{FlatMem, GuestMem};
 use ringzero_translator::sem::{Exception, BP, DE, GP, SS, UD};
-use ringzero_translator::state::{ctl, reg, rflags, CpuState, Segment};
+use ringzero_translator::state::{reg, rflags, CpuState, Segment};
 
-const CODE: u64 = 0x1000;
-const STACK: u64 = 0x8000;
-
-fn cpu(bits: u32) -> CpuState {
-    let mut c = CpuState::default();
-    match bits {
-        64 => {
-            c.cr0 |= ctl::CR0_PE | ctl::CR0_PG;
-            c.cr4 |= ctl::CR4_PAE;
-            c.efer = ctl::EFER_LME | ctl::EFER_LMA;
-            c.cs = Segment::code64(0x10);
-            c.ss = Segment::flat32(0x18, false);
-            c.ds = Segment::flat32(0x18, false);
-        }
-        32 => {
-            c.cr0 |= ctl::CR0_PE;
-            c.cs = Segment::flat32(0x08, true);
-            c.ss = Segment::flat32(0x10, false);
-            c.ds = Segment::flat32(0x10, false);
-            c.es = Segment::flat32(0x10, false);
-        }
-        _ => {}
-    }
-    c.rip = CODE;
-    c.gpr[reg::RSP] = STACK;
-    c
-}
+mod common;
+use common::{cpu, CODE, STACK};
 
 struct Run {
     cpu: CpuState,

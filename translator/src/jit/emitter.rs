@@ -1,0 +1,486 @@
+//! [`JitEmitter`]: the shared semantics' [`Emitter`] implemented by emitting Cranelift IR.
+//!
+//! Guest registers and RFLAGS are Cranelift `Variable`s. Their initial values are loaded from
+//! the `CpuState` in the entry block with `readonly`/`notrap`/`can_move` flags, which makes the
+//! loads pure for Cranelift's e-graph: a register the block never reads costs nothing, one it
+//! reads is loaded where first needed ("load on first use" without having to place the load in a
+//! dominating block by hand). The state is only written at exits, which return at once.
+//!
+//! Every exit stores the registers written so far (a compile-time over-approximation of the
+//! registers that may differ from the `CpuState`), folds the lazy flags into RFLAGS and stores
+//! RIP. Side exits for exceptions fold the flag descriptor *as at the start of the faulting
+//! instruction* and store RIP of that instruction: the semantics makes every check before its
+//! first architectural write, so the register Variables at a raise point still hold the values
+//! from the start of the instruction (exactly what the interpreter tier leaves behind).
+
+use super::runtime::{jit_div_wide, jit_load, jit_store, RunCtx};
+use crate::sem::{flags, BinOp, Emitter, Exception, FlagState, Seg, UnOp};
+use crate::state::{CpuState, Segment};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, SigRef, Signature, Value};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, Variable};
+use std::mem::offset_of;
+
+/// How a compiled block ended, in bits 32..40 of its return value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ExitKind {
+    /// Ran to a control transfer or the end of the block; RIP is stored.
+    Normal = 0,
+    /// Raised the exception at index `bits 40..64` of the block's exception table.
+    Exception = 1,
+    /// A memory helper faulted; the fault is in [`RunCtx::fault`].
+    MemFault = 2,
+}
+
+/// Packs an exit into the block's return value: executed count, kind, exception index.
+pub(crate) fn encode_exit(executed: usize, kind: ExitKind, exc: usize) -> i64 {
+    ((executed as u64 & 0xffff_ffff) | ((kind as u64) << 32) | ((exc as u64) << 40)) as i64
+}
+
+/// Number of guest registers kept in Variables (RAX..R15).
+const NGPR: usize = 16;
+/// Bit of `dirty` for RFLAGS.
+const RFLAGS_DIRTY: u32 = 1 << NGPR;
+
+/// Signatures of the runtime helpers, imported once per function.
+struct Helpers {
+    load: SigRef,
+    store: SigRef,
+    div: SigRef,
+}
+
+/// Emits the shared instruction semantics as Cranelift IR for one block.
+pub(crate) struct JitEmitter<'a, 'f> {
+    b: &'a mut FunctionBuilder<'f>,
+    cpu: Value,
+    ctx: Value,
+    gpr: [Variable; NGPR],
+    rflags: Variable,
+    dirty: u32,
+    flags: FlagState<Value>,
+    jump: Option<Value>,
+    code_bits: u32,
+    stack_bits: u32,
+    cpl: u8,
+    helpers: Helpers,
+    /// Conditional-region nesting depth (`if_then` bodies).
+    depth: u32,
+    /// Index, address and next address of the instruction being emitted.
+    insn: (usize, u64, u64),
+    /// Flag descriptor at the start of the current instruction (restored by side exits).
+    saved_flags: FlagState<Value>,
+    /// Exceptions side exits can raise, indexed by the exit code.
+    pub(crate) exceptions: Vec<Exception>,
+    /// A misuse of the emitter contract detected while emitting (reported as a compile error).
+    pub(crate) error: Option<&'static str>,
+}
+
+fn trusted_state() -> MemFlagsData {
+    MemFlagsData::trusted()
+}
+
+fn initial_state() -> MemFlagsData {
+    MemFlagsData::trusted().with_readonly().with_can_move()
+}
+
+impl<'a, 'f> JitEmitter<'a, 'f> {
+    /// Sets up the entry block of a fresh function `(cpu, ctx) -> exit code` and the Variables.
+    pub(crate) fn new(
+        b: &'a mut FunctionBuilder<'f>,
+        call_conv: CallConv,
+        code_bits: u32,
+        stack_bits: u32,
+        cpl: u8,
+    ) -> Self {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry);
+        let (cpu, ctx) = (params[0], params[1]);
+        let gpr_base = offset_of!(CpuState, gpr);
+        let gpr: [Variable; NGPR] = std::array::from_fn(|i| {
+            let var = b.declare_var(types::I64);
+            let v = b
+                .ins()
+                .load(types::I64, initial_state(), cpu, (gpr_base + 8 * i) as i32);
+            b.def_var(var, v);
+            var
+        });
+        let rflags = b.declare_var(types::I64);
+        let v = b.ins().load(
+            types::I64,
+            initial_state(),
+            cpu,
+            offset_of!(CpuState, rflags) as i32,
+        );
+        b.def_var(rflags, v);
+
+        let mut sig = |params: usize| {
+            let mut s = Signature::new(call_conv);
+            for _ in 0..params {
+                s.params.push(AbiParam::new(types::I64));
+            }
+            s.returns.push(AbiParam::new(types::I64));
+            b.import_signature(s)
+        };
+        let helpers = Helpers {
+            load: sig(3),
+            store: sig(4),
+            div: sig(5),
+        };
+        JitEmitter {
+            b,
+            cpu,
+            ctx,
+            gpr,
+            rflags,
+            dirty: 0,
+            flags: FlagState::Materialized,
+            jump: None,
+            code_bits,
+            stack_bits,
+            cpl,
+            helpers,
+            depth: 0,
+            insn: (0, 0, 0),
+            saved_flags: FlagState::Materialized,
+            exceptions: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Starts instruction `index` at `ip` (falling through to `next`).
+    pub(crate) fn begin_insn(&mut self, index: usize, ip: u64, next: u64) {
+        self.insn = (index, ip, next);
+        self.saved_flags = self.flags;
+        self.jump = None;
+    }
+
+    /// The branch target the instruction set, if it transferred control.
+    pub(crate) fn take_jump(&mut self) -> Option<Value> {
+        self.jump.take()
+    }
+
+    /// Stores every register written so far, the folded flags and `rip`, and returns `code`.
+    /// Leaves the emitter's compile-time flag state and dirty set as they were.
+    fn emit_exit(&mut self, flags_at_exit: FlagState<Value>, rip: Value, code: i64) {
+        let (keep_flags, keep_dirty) = (self.flags, self.dirty);
+        self.flags = flags_at_exit;
+        flags::materialize(self);
+        let gpr_base = offset_of!(CpuState, gpr);
+        for i in 0..NGPR {
+            if self.dirty & (1 << i) != 0 {
+                let v = self.b.use_var(self.gpr[i]);
+                self.b
+                    .ins()
+                    .store(trusted_state(), v, self.cpu, (gpr_base + 8 * i) as i32);
+            }
+        }
+        if self.dirty & RFLAGS_DIRTY != 0 {
+            let v = self.b.use_var(self.rflags);
+            self.b.ins().store(
+                trusted_state(),
+                v,
+                self.cpu,
+                offset_of!(CpuState, rflags) as i32,
+            );
+        }
+        self.b.ins().store(
+            trusted_state(),
+            rip,
+            self.cpu,
+            offset_of!(CpuState, rip) as i32,
+        );
+        let c = self.b.ins().iconst(types::I64, code);
+        self.b.ins().return_(&[c]);
+        self.flags = keep_flags;
+        self.dirty = keep_dirty;
+    }
+
+    /// Ends the block here (normal exit): `executed` instructions completed, next RIP `rip`.
+    pub(crate) fn exit_normal(&mut self, rip: Value, executed: usize) {
+        let code = encode_exit(executed, ExitKind::Normal, 0);
+        self.emit_exit(self.flags, rip, code);
+    }
+
+    /// Leaves when `target` != `next_ip`, else continues with the next instruction.
+    pub(crate) fn exit_unless_falls_to(&mut self, target: Value, next_ip: u64, executed: usize) {
+        let next = self.b.ins().iconst(types::I64, next_ip as i64);
+        let stay = self.b.ins().icmp(IntCC::Equal, target, next);
+        let cont = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().brif(stay, cont, &[], exit, &[]);
+        self.b.switch_to_block(exit);
+        self.exit_normal(target, executed);
+        self.b.switch_to_block(cont);
+    }
+
+    /// Raises `exc` unconditionally from the current position (terminates the current block).
+    pub(crate) fn exit_exception(&mut self, exc: Exception) {
+        let (index, ip, next) = self.insn;
+        let rip = if exc.is_trap() { next } else { ip };
+        let rip = self.b.ins().iconst(types::I64, rip as i64);
+        let code = match exc {
+            Exception::Memory(_) => encode_exit(index, ExitKind::MemFault, 0),
+            _ => {
+                self.exceptions.push(exc);
+                encode_exit(index, ExitKind::Exception, self.exceptions.len() - 1)
+            }
+        };
+        self.emit_exit(self.saved_flags, rip, code);
+    }
+
+    /// Branches to a cold side exit raising `exc` when `cond` != 0, then continues.
+    fn side_exit(&mut self, cond: Value, exc: Exception) {
+        let exit = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.set_cold_block(exit);
+        self.b.ins().brif(cond, exit, &[], cont, &[]);
+        self.b.switch_to_block(exit);
+        self.exit_exception(exc);
+        self.b.switch_to_block(cont);
+    }
+
+    fn helper(&mut self, sig: SigRef, f: usize, args: &[Value]) -> Value {
+        let callee = self.b.ins().iconst(types::I64, f as i64);
+        let call = self.b.ins().call_indirect(sig, callee, args);
+        self.b.inst_results(call)[0]
+    }
+
+    fn bool_to_lane(&mut self, c: Value) -> Value {
+        self.b.ins().uextend(types::I64, c)
+    }
+
+    fn seg_offset(s: Seg) -> usize {
+        let seg = match s {
+            Seg::Es => offset_of!(CpuState, es),
+            Seg::Cs => offset_of!(CpuState, cs),
+            Seg::Ss => offset_of!(CpuState, ss),
+            Seg::Ds => offset_of!(CpuState, ds),
+            Seg::Fs => offset_of!(CpuState, fs),
+            Seg::Gs => offset_of!(CpuState, gs),
+        };
+        seg + offset_of!(Segment, base)
+    }
+}
+
+impl Emitter for JitEmitter<'_, '_> {
+    type V = Value;
+
+    fn imm(&mut self, v: u64) -> Value {
+        self.b.ins().iconst(types::I64, v as i64)
+    }
+
+    fn bin(&mut self, op: BinOp, a: Value, b: Value) -> Value {
+        match op {
+            BinOp::Add => self.b.ins().iadd(a, b),
+            BinOp::Sub => self.b.ins().isub(a, b),
+            BinOp::And => self.b.ins().band(a, b),
+            BinOp::Or => self.b.ins().bor(a, b),
+            BinOp::Xor => self.b.ins().bxor(a, b),
+            BinOp::Shl => self.b.ins().ishl(a, b),
+            BinOp::Shr => self.b.ins().ushr(a, b),
+            BinOp::Sar => self.b.ins().sshr(a, b),
+            BinOp::Mul => self.b.ins().imul(a, b),
+            BinOp::UMulHi => self.b.ins().umulhi(a, b),
+            BinOp::SMulHi => self.b.ins().smulhi(a, b),
+            BinOp::UDiv | BinOp::URem | BinOp::SDiv | BinOp::SRem => {
+                // The semantics raises #DE before any division that would trap, but the guard
+                // keeps a semantics bug from becoming a host SIGFPE (the interpreter's checked
+                // forms yield 0 there; so does this: x / 1 for a 0 divisor is masked below).
+                let zero = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+                let mut bad = zero;
+                if matches!(op, BinOp::SDiv | BinOp::SRem) {
+                    let m1 = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
+                    let min = self.b.ins().icmp_imm_s(IntCC::Equal, a, i64::MIN);
+                    let ovf = self.b.ins().band(m1, min);
+                    bad = self.b.ins().bor(bad, ovf);
+                }
+                let one = self.b.ins().iconst(types::I64, 1);
+                let d = self.b.ins().select(bad, one, b);
+                let r = match op {
+                    BinOp::UDiv => self.b.ins().udiv(a, d),
+                    BinOp::URem => self.b.ins().urem(a, d),
+                    BinOp::SDiv => self.b.ins().sdiv(a, d),
+                    _ => self.b.ins().srem(a, d),
+                };
+                let zero_v = self.b.ins().iconst(types::I64, 0);
+                self.b.ins().select(bad, zero_v, r)
+            }
+            BinOp::Eq | BinOp::Ne | BinOp::Ult | BinOp::Ule | BinOp::Slt => {
+                let cc = match op {
+                    BinOp::Eq => IntCC::Equal,
+                    BinOp::Ne => IntCC::NotEqual,
+                    BinOp::Ult => IntCC::UnsignedLessThan,
+                    BinOp::Ule => IntCC::UnsignedLessThanOrEqual,
+                    _ => IntCC::SignedLessThan,
+                };
+                let c = self.b.ins().icmp(cc, a, b);
+                self.bool_to_lane(c)
+            }
+        }
+    }
+
+    fn un(&mut self, op: UnOp, a: Value) -> Value {
+        let ins = self.b.ins();
+        match op {
+            UnOp::Not => ins.bnot(a),
+            UnOp::Neg => ins.ineg(a),
+            UnOp::Popcnt => ins.popcnt(a),
+            UnOp::Ctz => ins.ctz(a),
+            UnOp::Clz => ins.clz(a),
+            UnOp::Bswap => ins.bswap(a),
+        }
+    }
+
+    fn select(&mut self, c: Value, a: Value, b: Value) -> Value {
+        self.b.ins().select(c, a, b)
+    }
+
+    fn div_wide(&mut self, signed: bool, hi: Value, lo: Value, d: Value) -> (Value, Value, Value) {
+        let s = self.imm(u64::from(signed));
+        let f = jit_div_wide as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64, u64, u64) -> u64;
+        let fault = self.helper(self.helpers.div, f as usize, &[self.ctx, s, hi, lo, d]);
+        let q = self.b.ins().load(
+            types::I64,
+            MemFlagsData::trusted(),
+            self.ctx,
+            offset_of!(RunCtx<'_>, div_q) as i32,
+        );
+        let r = self.b.ins().load(
+            types::I64,
+            MemFlagsData::trusted(),
+            self.ctx,
+            offset_of!(RunCtx<'_>, div_r) as i32,
+        );
+        (q, r, fault)
+    }
+
+    fn gpr(&mut self, r: usize) -> Value {
+        match self.gpr.get(r) {
+            Some(&var) => self.b.use_var(var),
+            None => {
+                self.error = Some("register index out of range");
+                self.imm(0)
+            }
+        }
+    }
+
+    fn set_gpr(&mut self, r: usize, v: Value) {
+        match self.gpr.get(r) {
+            Some(&var) => {
+                self.b.def_var(var, v);
+                self.dirty |= 1 << r;
+            }
+            None => self.error = Some("register index out of range"),
+        }
+    }
+
+    fn rflags(&mut self) -> Value {
+        self.b.use_var(self.rflags)
+    }
+
+    fn set_rflags(&mut self, v: Value) {
+        self.b.def_var(self.rflags, v);
+        self.dirty |= RFLAGS_DIRTY;
+    }
+
+    fn flag_state(&self) -> FlagState<Value> {
+        self.flags
+    }
+
+    fn set_flag_state(&mut self, s: FlagState<Value>) {
+        if self.depth > 0 {
+            // Values defined in a conditional region would not dominate later uses.
+            self.error = Some("flag state changed inside if_then");
+        }
+        self.flags = s;
+    }
+
+    fn seg_base(&mut self, s: Seg) -> Value {
+        let off = Self::seg_offset(s) as i32;
+        self.b
+            .ins()
+            .load(types::I64, initial_state(), self.cpu, off)
+    }
+
+    fn set_rip(&mut self, target: Value) {
+        if self.depth > 0 {
+            self.error = Some("control transfer inside if_then");
+        }
+        self.jump = Some(target);
+    }
+
+    fn load(&mut self, addr: Value, size: u8) -> Result<Value, Exception> {
+        let sz = self.imm(u64::from(size));
+        let f = jit_load as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64) -> u64;
+        let v = self.helper(self.helpers.load, f as usize, &[self.ctx, addr, sz]);
+        let status = self.b.ins().load(
+            types::I64,
+            MemFlagsData::trusted(),
+            self.ctx,
+            offset_of!(RunCtx<'_>, status) as i32,
+        );
+        self.side_exit(status, Exception::Memory(placeholder_fault(false)));
+        Ok(v)
+    }
+
+    fn store(&mut self, addr: Value, v: Value, size: u8) -> Result<(), Exception> {
+        let sz = self.imm(u64::from(size));
+        let f = jit_store as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64, u64) -> u64;
+        let fault = self.helper(self.helpers.store, f as usize, &[self.ctx, addr, v, sz]);
+        self.side_exit(fault, Exception::Memory(placeholder_fault(true)));
+        Ok(())
+    }
+
+    fn raise(&mut self, cond: Value, exc: Exception) -> Result<(), Exception> {
+        self.side_exit(cond, exc);
+        Ok(())
+    }
+
+    fn if_then<F>(&mut self, cond: Value, then: F) -> Result<(), Exception>
+    where
+        F: FnOnce(&mut Self) -> Result<(), Exception>,
+    {
+        let body = self.b.create_block();
+        let merge = self.b.create_block();
+        self.b.ins().brif(cond, body, &[], merge, &[]);
+        self.b.switch_to_block(body);
+        self.depth += 1;
+        let r = then(self);
+        self.depth -= 1;
+        match r {
+            Ok(()) => {
+                self.b.ins().jump(merge, &[]);
+            }
+            // The body always raises when it runs: a side exit taken under `cond`.
+            Err(exc @ Exception::Cpu { .. }) => self.exit_exception(exc),
+            Err(other) => return Err(other),
+        }
+        self.b.switch_to_block(merge);
+        Ok(())
+    }
+
+    fn code_bits(&self) -> u32 {
+        self.code_bits
+    }
+
+    fn stack_bits(&self) -> u32 {
+        self.stack_bits
+    }
+
+    fn cpl(&self) -> u8 {
+        self.cpl
+    }
+}
+
+/// The exit kind for a memory fault; the real fault details come from the helper at run time.
+fn placeholder_fault(write: bool) -> crate::mem::MemFault {
+    crate::mem::MemFault {
+        addr: 0,
+        len: 0,
+        write,
+    }
+}

@@ -1,0 +1,388 @@
+//! The Cranelift tier: translation blocks compiled to host code from the shared semantics.
+//!
+//! [`Jit::compile_block`] runs every instruction's semantics ([`crate::sem::execute`]) through
+//! [`emitter::JitEmitter`], the second implementation of [`Emitter`](crate::sem::Emitter) (the
+//! interpreter is the first), so no instruction's behaviour is written twice. A compiled block
+//! is a host function `(cpu: *mut CpuState, ctx: *mut RunCtx) -> exit code`; [`run_compiled`]
+//! calls it and returns the same [`BlockExit`] as the interpreter's
+//! [`run_block`](crate::interp::run_block) over the same instruction list, so callers (and the
+//! tier-equivalence tests) treat both tiers alike.
+//!
+//! # Blocks and exits
+//! A block is a run of decoded instructions ([`decode_block`] ends one at a control transfer,
+//! a trap, a 4 KiB page boundary or a size cap). Inside it, guest registers and RFLAGS are
+//! Cranelift Variables and arithmetic flags stay lazy across instructions (cmp; jcc and adc
+//! chains never materialize RFLAGS in between). An instruction that transfers control ends the
+//! block unless its target is the next instruction in the list (a not-taken jcc falls through
+//! into the rest, as `run_block` does). Exceptions leave through cold side exits that store the
+//! state as at the start of the faulting instruction (see [`emitter`]): #DE, #GP/#SS from
+//! canonical checks, memory faults from the helpers, and #UD/#BP of UD2/INT3.
+//!
+//! An instruction whose semantics reports [`Exception::Unimplemented`] (or any other
+//! translation-time refusal) ends the block *before* it; if it is the first instruction,
+//! [`Jit::compile_block`] returns [`JitError::Unsupported`] and the dispatcher runs it in the
+//! interpreter, which reports it.
+//!
+//! # Memory
+//! Loads and stores call `extern "C"` helpers ([`runtime`]) through `&mut dyn GuestMem`; the
+//! inline TLB hit path replaces them with the MMU increment, behind the same call boundary.
+//!
+//! # Left
+//! - Code cache, dispatch loop, chaining and tier-up by execution counts (the cache key is
+//!   [`BlockKey`]; code-page write tracking for invalidation).
+//! - Hot regions: loops compiled as one function (a back edge to the block start could jump
+//!   to the loop header instead of exiting, with an exit-request check for interrupts).
+//! - Code memory: `cranelift-jit` maps pages per `finalize_definitions` and never frees a
+//!   function (compiled blocks stay valid for the process lifetime); an own code cache fed by
+//!   `Context::compile` is needed for invalidation at scale.
+//! - The inline TLB fast path for loads and stores (MMU issue).
+//! - Exit-time stores are an over-approximation (every register written on any path so far).
+
+mod emitter;
+pub mod runtime;
+
+use crate::interp::BlockExit;
+use crate::mem::GuestMem;
+use crate::sem::{self, Emitter, Exception};
+use crate::state::{CpuMode, CpuState};
+use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::{isa::CallConv, Context};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Module};
+use emitter::{ExitKind, JitEmitter};
+use iced_x86::{FlowControl, Instruction};
+use runtime::RunCtx;
+
+/// The host function of a compiled block.
+type BlockFn = unsafe extern "C" fn(*mut CpuState, *mut RunCtx<'_>) -> u64;
+
+/// Why a block could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    /// The first instruction cannot be compiled (unimplemented); run it in the interpreter.
+    #[error("first instruction not compilable: {0}")]
+    Unsupported(Exception),
+    /// No instructions were given.
+    #[error("empty block")]
+    Empty,
+    /// The host ISA could not be set up.
+    #[error("host ISA: {0}")]
+    Isa(String),
+    /// Cranelift rejected the function (a translator bug).
+    #[error("cranelift: {0}")]
+    Codegen(String),
+    /// The semantics broke the emitter contract (a translator bug).
+    #[error("emitter contract: {0}")]
+    Contract(&'static str),
+}
+
+/// The translation-time facts a compiled block depends on (part of its cache key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    /// RIP of the first instruction.
+    pub start: u64,
+    /// Code segment default size: 16, 32 or 64.
+    pub code_bits: u32,
+    /// Stack-pointer width: 16, 32 or 64.
+    pub stack_bits: u32,
+    /// Current privilege level.
+    pub cpl: u8,
+}
+
+impl BlockKey {
+    /// The key for a block starting at `cpu.rip` in `cpu`'s current mode.
+    pub fn of(cpu: &CpuState) -> Self {
+        let code_bits = cpu.code_bits();
+        // The same rule as the interpreter (Interp::new): SS.B picks 32 over 16 outside
+        // 64-bit, real and virtual-8086 mode.
+        let stack_bits = if code_bits == 64 {
+            64
+        } else if cpu.mode() != CpuMode::Real && cpu.mode() != CpuMode::Virtual8086 && cpu.ss.db {
+            32
+        } else {
+            16
+        };
+        BlockKey {
+            start: cpu.rip,
+            code_bits,
+            stack_bits,
+            cpl: cpu.cpl(),
+        }
+    }
+}
+
+/// A block compiled to host code.
+#[derive(Debug)]
+pub struct CompiledBlock {
+    /// What the translation depends on.
+    pub key: BlockKey,
+    /// Number of leading instructions of the given list that were compiled.
+    pub len: usize,
+    /// Size of the host code in bytes.
+    pub code_size: usize,
+    entry: BlockFn,
+    exceptions: Vec<Exception>,
+}
+
+/// The Cranelift JIT: a host ISA, a code module and reusable compilation contexts.
+pub struct Jit {
+    module: JITModule,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    call_conv: CallConv,
+}
+
+/// How one compilation attempt ended without a function.
+enum Attempt {
+    /// Instruction `i` refused translation; compile the ones before it.
+    StopBefore(usize, Exception),
+    /// Nothing to salvage.
+    Fatal(JitError),
+}
+
+impl Jit {
+    /// A JIT for the host CPU: opt level `speed`, frame pointers preserved, the IR verifier on
+    /// in debug builds only (it costs ~40% compile time).
+    pub fn new() -> Result<Self, JitError> {
+        let mut flags = settings::builder();
+        let set = |f: &mut settings::Builder, k: &str, v: &str| {
+            f.set(k, v)
+                .map_err(|e| JitError::Isa(format!("{k}={v}: {e}")))
+        };
+        set(&mut flags, "opt_level", "speed")?;
+        set(&mut flags, "preserve_frame_pointers", "true")?;
+        set(
+            &mut flags,
+            "enable_verifier",
+            if cfg!(debug_assertions) {
+                "true"
+            } else {
+                "false"
+            },
+        )?;
+        let isa = cranelift_native::builder()
+            .map_err(|e| JitError::Isa(e.to_string()))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| JitError::Isa(e.to_string()))?;
+        let call_conv = isa.default_call_conv();
+        let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let ctx = module.make_context();
+        Ok(Jit {
+            module,
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            call_conv,
+        })
+    }
+
+    /// Compiles the longest compilable prefix of `insns` for a CPU in `cpu`'s current mode,
+    /// starting at `cpu.rip` (which must be `insns[0].ip()`).
+    pub fn compile_block(
+        &mut self,
+        insns: &[Instruction],
+        cpu: &CpuState,
+    ) -> Result<CompiledBlock, JitError> {
+        let key = BlockKey::of(cpu);
+        let mut n = insns.len();
+        loop {
+            if n == 0 {
+                return Err(JitError::Empty);
+            }
+            let r = self.try_compile(insns.get(..n).unwrap_or(insns), key);
+            if r.is_err() {
+                // An abandoned FunctionBuilder leaves its context dirty.
+                self.fctx = FunctionBuilderContext::new();
+            }
+            match r {
+                Ok(b) => return Ok(b),
+                Err(Attempt::StopBefore(0, exc)) => return Err(JitError::Unsupported(exc)),
+                Err(Attempt::StopBefore(i, exc)) => {
+                    log::debug!("jit: block at {:#x} ends before #{i}: {exc}", key.start);
+                    n = i;
+                }
+                Err(Attempt::Fatal(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn try_compile(
+        &mut self,
+        insns: &[Instruction],
+        key: BlockKey,
+    ) -> Result<CompiledBlock, Attempt> {
+        self.module.clear_context(&mut self.ctx);
+        let ptr = types::I64;
+        let mut sig = self.module.make_signature();
+        sig.params.push(AbiParam::new(ptr));
+        sig.params.push(AbiParam::new(ptr));
+        sig.returns.push(AbiParam::new(types::I64));
+        self.ctx.func.signature = sig.clone();
+        self.ctx.func.name = UserFuncName::user(0, 0);
+
+        let frontend = self.module.isa().frontend_config();
+        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let mut e = JitEmitter::new(
+            &mut b,
+            self.call_conv,
+            key.code_bits,
+            key.stack_bits,
+            key.cpl,
+        );
+        let mut len = 0;
+        for (i, insn) in insns.iter().enumerate() {
+            e.begin_insn(i, insn.ip(), insn.next_ip());
+            let r = sem::execute(&mut e, insn);
+            if let Some(msg) = e.error {
+                return Err(Attempt::Fatal(JitError::Contract(msg)));
+            }
+            len = i + 1;
+            match r {
+                Ok(()) => {
+                    let jump = e.take_jump();
+                    match (jump, insns.get(i + 1)) {
+                        (Some(t), Some(next)) => e.exit_unless_falls_to(t, next.ip(), i + 1),
+                        (Some(t), None) => {
+                            e.exit_normal(t, i + 1);
+                            break;
+                        }
+                        (None, Some(next)) if next.ip() == insn.next_ip() => {}
+                        (None, _) => {
+                            // End of the list, or the list is not contiguous (run_block stops).
+                            let rip = e.imm(insn.next_ip());
+                            e.exit_normal(rip, i + 1);
+                            break;
+                        }
+                    }
+                }
+                // Raised whenever execution reaches this point (UD2, INT3, ...).
+                Err(exc @ Exception::Cpu { .. }) => {
+                    e.exit_exception(exc);
+                    break;
+                }
+                Err(exc) => return Err(Attempt::StopBefore(i, exc)),
+            }
+        }
+        let exceptions = std::mem::take(&mut e.exceptions);
+        drop(e);
+        b.seal_all_blocks();
+        b.finalize(frontend);
+
+        let fatal = |m: String| Attempt::Fatal(JitError::Codegen(m));
+        let id = self
+            .module
+            .declare_anonymous_function(&sig)
+            .map_err(|e| fatal(e.to_string()))?;
+        self.module
+            .define_function(id, &mut self.ctx)
+            .map_err(|e| fatal(format!("{e:?}")))?;
+        let code_size = self
+            .ctx
+            .compiled_code()
+            .map(|c| c.code_buffer().len())
+            .unwrap_or(0);
+        self.module
+            .finalize_definitions()
+            .map_err(|e| fatal(e.to_string()))?;
+        let code = self.module.get_finalized_function(id);
+        // SAFETY: `code` is the finalized entry of a function with exactly this signature
+        // (two pointer arguments, one i64 result, the host's default C calling convention);
+        // cranelift-jit never unmaps finalized code, so the pointer stays valid.
+        let entry = unsafe { std::mem::transmute::<*const u8, BlockFn>(code) };
+        Ok(CompiledBlock {
+            key,
+            len,
+            code_size,
+            entry,
+            exceptions,
+        })
+    }
+}
+
+/// Runs a compiled block on `cpu` and `mem`; the result means what
+/// [`run_block`](crate::interp::run_block) over the block's instructions would return.
+///
+/// A block whose first instruction is not at `cpu.rip` executes nothing (as `run_block`); one
+/// compiled for another mode (key mismatch) reports [`Exception::Internal`] without running.
+pub fn run_compiled(
+    cpu: &mut CpuState,
+    mem: &mut dyn GuestMem,
+    block: &CompiledBlock,
+) -> BlockExit {
+    if cpu.rip != block.key.start {
+        return BlockExit {
+            executed: 0,
+            exception: None,
+        };
+    }
+    if BlockKey::of(cpu) != block.key {
+        return BlockExit {
+            executed: 0,
+            exception: Some(Exception::Internal(
+                "compiled block run in another CPU mode",
+            )),
+        };
+    }
+    let mut ctx = RunCtx::new(mem);
+    // SAFETY: the entry was compiled for this signature; `cpu` and `ctx` are exclusive borrows
+    // alive for the call, and the code only accesses CpuState fields at their offset_of!
+    // offsets and RunCtx through its u64 fields and the helpers.
+    let code = unsafe { (block.entry)(cpu, &mut ctx) };
+    let executed = (code & 0xffff_ffff) as usize;
+    let kind = (code >> 32) & 0xff;
+    let exception = if kind == ExitKind::Normal as u64 {
+        None
+    } else if kind == ExitKind::Exception as u64 {
+        let index = usize::try_from(code >> 40).unwrap_or(usize::MAX);
+        Some(
+            block
+                .exceptions
+                .get(index)
+                .copied()
+                .unwrap_or(Exception::Internal("bad exception index from a block")),
+        )
+    } else {
+        Some(match ctx.fault {
+            Some(f) => Exception::Memory(f),
+            None => Exception::Internal("memory exit without a recorded fault"),
+        })
+    };
+    BlockExit {
+        executed,
+        exception,
+    }
+}
+
+/// Bytes in a guest page (blocks do not cross one, so a code-page write invalidates whole
+/// translations).
+const PAGE: u64 = 4096;
+
+/// Decodes a block at CS:RIP: up to `max_insns` instructions, ending after the first control
+/// transfer, trap or exception-raising instruction, or before one that starts on another 4 KiB
+/// page or does not decode. An undecodable first instruction gives its exception.
+pub fn decode_block(
+    cpu: &CpuState,
+    mem: &mut dyn GuestMem,
+    max_insns: usize,
+) -> Result<Vec<Instruction>, Exception> {
+    let mut at = cpu.clone();
+    let mut out = Vec::with_capacity(max_insns.min(64));
+    let first_page = cpu.rip / PAGE;
+    while out.len() < max_insns.max(1) {
+        if !out.is_empty() && at.rip / PAGE != first_page {
+            break;
+        }
+        let insn = match crate::interp::decode(&at, mem) {
+            Ok(i) => i,
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => break,
+        };
+        out.push(insn);
+        if insn.flow_control() != FlowControl::Next {
+            break;
+        }
+        at.rip = insn.next_ip();
+    }
+    Ok(out)
+}

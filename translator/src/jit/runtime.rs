@@ -1,0 +1,156 @@
+//! The run-time side of compiled blocks: the context they run in and the Rust helpers they call.
+//!
+//! Generated code touches only the `u64` fields of [`RunCtx`] (at `offset_of!` offsets); the
+//! helpers are plain `extern "C"` functions called through a function-pointer constant, so the
+//! memory helpers can later be replaced by an inline TLB hit path without changing the calling
+//! convention of a block. A helper reports a fault by setting [`RunCtx::status`] (loads and the
+//! division) or by its return value (stores); the block then leaves through a side exit.
+
+use crate::mem::{GuestMem, MemFault};
+
+/// What a compiled block needs besides the `CpuState`: guest memory and scratch for helpers.
+#[repr(C)]
+pub struct RunCtx<'a> {
+    /// Set non-zero by a load helper that faulted (never cleared inside a block run).
+    pub status: u64,
+    /// Quotient written by [`jit_div_wide`].
+    pub div_q: u64,
+    /// Remainder written by [`jit_div_wide`].
+    pub div_r: u64,
+    /// The memory fault that ended the block, if any.
+    pub fault: Option<MemFault>,
+    /// Guest memory the helpers access.
+    pub mem: &'a mut dyn GuestMem,
+}
+
+impl<'a> RunCtx<'a> {
+    /// A context over `mem` with no fault recorded.
+    pub fn new(mem: &'a mut dyn GuestMem) -> Self {
+        RunCtx {
+            status: 0,
+            div_q: 0,
+            div_r: 0,
+            fault: None,
+            mem,
+        }
+    }
+}
+
+/// Loads `size` bytes little-endian at `addr`, zero-extended; on a fault sets `status`.
+///
+/// # Safety
+/// `ctx` must point to a live [`RunCtx`] not otherwise borrowed (the block's caller owns it).
+pub unsafe extern "C" fn jit_load(ctx: *mut RunCtx<'_>, addr: u64, size: u64) -> u64 {
+    // SAFETY: the caller (run_compiled, through the block) passes its exclusively owned context.
+    let ctx = unsafe { &mut *ctx };
+    let n = usize::try_from(size).unwrap_or(8).min(8);
+    let mut buf = [0u8; 8];
+    match ctx.mem.read(addr, &mut buf[..n]) {
+        Ok(()) => u64::from_le_bytes(buf),
+        Err(f) => {
+            ctx.fault = Some(f);
+            ctx.status = 1;
+            0
+        }
+    }
+}
+
+/// Stores the low `size` bytes of `value` at `addr`; returns 1 on a fault (recorded), else 0.
+///
+/// # Safety
+/// As for [`jit_load`].
+pub unsafe extern "C" fn jit_store(ctx: *mut RunCtx<'_>, addr: u64, value: u64, size: u64) -> u64 {
+    // SAFETY: as in jit_load.
+    let ctx = unsafe { &mut *ctx };
+    let n = usize::try_from(size).unwrap_or(8).min(8);
+    match ctx.mem.write(addr, &value.to_le_bytes()[..n]) {
+        Ok(()) => 0,
+        Err(f) => {
+            ctx.fault = Some(f);
+            1
+        }
+    }
+}
+
+/// 128-by-64 division of `hi:lo` by `d` into `div_q`/`div_r`; returns 1 for #DE (zero divisor
+/// or a quotient that does not fit 64 bits), else 0.
+///
+/// # Safety
+/// As for [`jit_load`].
+pub unsafe extern "C" fn jit_div_wide(
+    ctx: *mut RunCtx<'_>,
+    signed: u64,
+    hi: u64,
+    lo: u64,
+    d: u64,
+) -> u64 {
+    // SAFETY: as in jit_load.
+    let ctx = unsafe { &mut *ctx };
+    match div_wide(signed != 0, hi, lo, d) {
+        Some((q, r)) => {
+            ctx.div_q = q;
+            ctx.div_r = r;
+            0
+        }
+        None => 1,
+    }
+}
+
+/// The 128/64 division itself: `None` when x86 raises #DE.
+pub fn div_wide(signed: bool, hi: u64, lo: u64, d: u64) -> Option<(u64, u64)> {
+    let n = (u128::from(hi) << 64) | u128::from(lo);
+    if d == 0 {
+        return None;
+    }
+    if signed {
+        let n = n as i128;
+        let d = i128::from(d as i64);
+        let q = n.checked_div(d)?;
+        let r = n.checked_rem(d)?;
+        (i128::from(q as i64) == q).then_some((q as u64, r as u64))
+    } else {
+        let d = u128::from(d);
+        let q = n / d;
+        (q >> 64 == 0).then_some((q as u64, (n % d) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::FlatMem;
+
+    #[test]
+    fn helpers_report_faults_through_the_context() {
+        let mut mem = FlatMem::new(0x1000, 16);
+        let mut ctx = RunCtx::new(&mut mem);
+        // SAFETY: ctx is a live local.
+        unsafe {
+            assert_eq!(jit_store(&mut ctx, 0x1008, 0x1122_3344_5566_7788, 4), 0);
+            assert_eq!(jit_load(&mut ctx, 0x1008, 8), 0x5566_7788);
+            assert_eq!(ctx.status, 0);
+            assert_eq!(jit_load(&mut ctx, 0x100e, 4), 0);
+        }
+        assert_eq!(ctx.status, 1);
+        assert_eq!(
+            ctx.fault,
+            Some(MemFault {
+                addr: 0x100e,
+                len: 4,
+                write: false
+            })
+        );
+    }
+
+    #[test]
+    fn wide_division_overflow_rules() {
+        assert_eq!(div_wide(false, 0, 7, 2), Some((3, 1)));
+        assert_eq!(div_wide(false, 1, 0, 1), None);
+        assert_eq!(div_wide(false, 1, 0, 0), None);
+        assert_eq!(div_wide(true, u64::MAX, 1 << 63, u64::MAX), None);
+        assert_eq!(
+            div_wide(true, u64::MAX, u64::MAX - 6, 2),
+            Some((-3i64 as u64, -1i64 as u64))
+        );
+    }
+}
