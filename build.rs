@@ -59,6 +59,13 @@ const IMAGES: &[Image] = &[
         arch: Arch::I386,
         kind: Kind::Flat,
     },
+    Image {
+        name: "acpi",
+        source: "test-images/acpi/acpi.S",
+        script: "test-images/acpi/acpi.ld",
+        arch: Arch::I386,
+        kind: Kind::Elf,
+    },
 ];
 
 /// Directory of `.include` files shared by the guests.

@@ -54,6 +54,23 @@ pub const FLAT_EXIT_VALUE: u32 = 0x08;
 /// Process exit status of a passing flat test run: 17.
 pub const FLAT_EXIT_STATUS: i32 = exit_status(FLAT_EXIT_VALUE) as i32;
 
+/// The ACPI power-off test: a Multiboot ELF32 at 1 MiB that finds the RSDP, FADT and DSDT,
+/// reads `\_S5_` and writes SLP_TYP | SLP_EN to PM1a_CNT (`test-images/acpi/`).
+pub const ACPI_TEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/acpi.elf"));
+
+/// Everything the ACPI test prints on COM1 before the machine powers off, for the tables
+/// `crate::acpi::write_tables` writes with the default layout.
+pub const ACPI_TEST_EXPECTED_OUTPUT: &str = include_str!("../test-images/acpi/expected-output.txt");
+
+/// Process exit status of a passing ACPI test run: the guest powered off (status 0).
+pub const ACPI_TEST_EXIT_STATUS: i32 = crate::cli::status::OK as i32;
+
+/// Debug-exit value the ACPI test writes when a step fails or the machine survives S5.
+pub const ACPI_TEST_EXIT_FAILED: u32 = 1;
+
+/// Process exit status of a failing ACPI test run: `(1 << 1) | 1` = 3.
+pub const ACPI_TEST_FAIL_STATUS: i32 = exit_status(ACPI_TEST_EXIT_FAILED) as i32;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +208,75 @@ mod tests {
         let line = format!("flat: real mode ok cs={cs:04x}\n");
         assert!(FLAT_EXPECTED_OUTPUT.contains(&line));
         assert!(FLAT_EXPECTED_OUTPUT.ends_with("flat: all checks passed\n"));
+    }
+}
+
+#[cfg(test)]
+mod acpi_test_image_tests {
+    use super::*;
+    use crate::acpi::{build_tables, AcpiLayout, RSDP_ADDR};
+
+    fn le32(bytes: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+    }
+
+    fn le64(bytes: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn acpi_test_is_a_multiboot_elf32_at_1_mib() {
+        let elf = ACPI_TEST;
+        assert_eq!(&elf[..4], b"\x7fELF");
+        assert_eq!(elf[4], 1, "ELFCLASS32");
+        assert_eq!(
+            le32(elf, 24),
+            0x10_0000 + 12,
+            "entry right after the header"
+        );
+        let header = (0..elf.len().min(8192) - 12)
+            .step_by(4)
+            .find(|&off| le32(elf, off) == 0x1BAD_B002)
+            .expect("multiboot header");
+        let sum = (0..3).fold(0u32, |s, i| s.wrapping_add(le32(elf, header + 4 * i)));
+        assert_eq!(sum, 0);
+    }
+
+    /// The expected output names the addresses, lengths, port and sleep type of the tables
+    /// `acpi::build_tables` really writes, so the two cannot drift apart.
+    #[test]
+    fn acpi_expected_output_matches_the_tables_ringzero_writes() {
+        let layout = AcpiLayout::default();
+        let image = build_tables(&layout).unwrap();
+        let at = |addr: u64| (addr - RSDP_ADDR) as usize;
+        let xsdt = le64(&image, 24);
+        let fadt = le64(&image, at(xsdt) + 36);
+        let f = at(fadt);
+        let dsdt = le64(&image, f + 140);
+        let dsdt_len = le32(&image, at(dsdt) + 4);
+        let pm1a_cnt = le32(&image, f + 64);
+        let slp_typ = u32::from(ringzero_devices::acpi_pm::SLP_TYP_S5);
+        let expected = format!(
+            "acpi: rsdp at 0x{RSDP_ADDR:08x} revision 2 checksums ok\n\
+             acpi: xsdt at 0x{xsdt:08x} entries 2 checksum ok\n\
+             acpi: fadt at 0x{fadt:08x} revision 6 length {} checksum ok\n\
+             acpi: smi_cmd 0x00000000 pm1a_cnt 0x{pm1a_cnt:04x} sci_en 1\n\
+             acpi: dsdt at 0x{dsdt:08x} length {dsdt_len} checksum ok\n\
+             acpi: _S5_ slp_typ_a {slp_typ}\n\
+             acpi: entering S5: writing 0x{:04x} to pm1a_cnt 0x{pm1a_cnt:04x}\n",
+            le32(&image, f + 4),
+            (slp_typ << 10) | (1 << 13) | 1,
+        );
+        assert_eq!(ACPI_TEST_EXPECTED_OUTPUT, expected);
+        assert_eq!(pm1a_cnt, u32::from(layout.pm1a_cnt_port));
+    }
+
+    #[test]
+    fn acpi_test_failure_value_matches_its_source() {
+        let source = include_str!("../test-images/acpi/acpi.S");
+        let line = format!(".equ EXIT_FAIL, {ACPI_TEST_EXIT_FAILED}");
+        assert!(source.lines().any(|l| l.trim().starts_with(&line)));
+        assert_eq!(ACPI_TEST_FAIL_STATUS, 3);
+        assert_eq!(ACPI_TEST_EXIT_STATUS, 0);
     }
 }
