@@ -17,7 +17,9 @@ use super::runtime::{jit_div_wide, jit_load, jit_store, RunCtx};
 use crate::sem::{flags, BinOp, Emitter, Exception, FlagState, Seg, UnOp};
 use crate::state::{CpuState, Segment};
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, SigRef, Signature, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, BlockArg, InstBuilder, MemFlagsData, SigRef, Signature, Value,
+};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
 use std::mem::offset_of;
@@ -43,6 +45,16 @@ pub(crate) fn encode_exit(executed: usize, kind: ExitKind, exc: usize) -> i64 {
 const NGPR: usize = 16;
 /// Bit of `dirty` for RFLAGS.
 const RFLAGS_DIRTY: u32 = 1 << NGPR;
+
+/// A cold exit block shared by every fault point of one instruction, filled in at the end.
+struct PendingExit {
+    /// The block; its one parameter is the exit code.
+    block: Block,
+    /// Flag descriptor at the start of the instruction.
+    flags: FlagState<Value>,
+    /// RIP of the instruction.
+    rip: u64,
+}
 
 /// Signatures of the runtime helpers, imported once per function.
 struct Helpers {
@@ -71,6 +83,10 @@ pub(crate) struct JitEmitter<'a, 'f> {
     insn: (usize, u64, u64),
     /// Flag descriptor at the start of the current instruction (restored by side exits).
     saved_flags: FlagState<Value>,
+    /// The current instruction's shared fault exit, once one of its checks needed it.
+    fault_exit: Option<Block>,
+    /// Fault exits to fill in by [`JitEmitter::finish_exits`].
+    pending: Vec<PendingExit>,
     /// Exceptions side exits can raise, indexed by the exit code.
     pub(crate) exceptions: Vec<Exception>,
     /// A misuse of the emitter contract detected while emitting (reported as a compile error).
@@ -146,6 +162,8 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
             depth: 0,
             insn: (0, 0, 0),
             saved_flags: FlagState::Materialized,
+            fault_exit: None,
+            pending: Vec::new(),
             exceptions: Vec::new(),
             error: None,
         }
@@ -156,6 +174,7 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
         self.insn = (index, ip, next);
         self.saved_flags = self.flags;
         self.jump = None;
+        self.fault_exit = None;
     }
 
     /// The branch target the instruction set, if it transferred control.
@@ -165,7 +184,7 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
 
     /// Stores every register written so far, the folded flags and `rip`, and returns `code`.
     /// Leaves the emitter's compile-time flag state and dirty set as they were.
-    fn emit_exit(&mut self, flags_at_exit: FlagState<Value>, rip: Value, code: i64) {
+    fn emit_exit(&mut self, flags_at_exit: FlagState<Value>, rip: Value, code: Value) {
         let (keep_flags, keep_dirty) = (self.flags, self.dirty);
         self.flags = flags_at_exit;
         flags::materialize(self);
@@ -193,15 +212,17 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
             self.cpu,
             offset_of!(CpuState, rip) as i32,
         );
-        let c = self.b.ins().iconst(types::I64, code);
-        self.b.ins().return_(&[c]);
+        self.b.ins().return_(&[code]);
         self.flags = keep_flags;
         self.dirty = keep_dirty;
     }
 
     /// Ends the block here (normal exit): `executed` instructions completed, next RIP `rip`.
     pub(crate) fn exit_normal(&mut self, rip: Value, executed: usize) {
-        let code = encode_exit(executed, ExitKind::Normal, 0);
+        let code = self
+            .b
+            .ins()
+            .iconst(types::I64, encode_exit(executed, ExitKind::Normal, 0));
         self.emit_exit(self.flags, rip, code);
     }
 
@@ -217,30 +238,66 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
         self.b.switch_to_block(cont);
     }
 
-    /// Raises `exc` unconditionally from the current position (terminates the current block).
-    pub(crate) fn exit_exception(&mut self, exc: Exception) {
-        let (index, ip, next) = self.insn;
-        let rip = if exc.is_trap() { next } else { ip };
-        let rip = self.b.ins().iconst(types::I64, rip as i64);
-        let code = match exc {
+    /// The exit code for `exc` raised by the current instruction (recording the exception).
+    fn exit_code(&mut self, exc: Exception) -> i64 {
+        let index = self.insn.0;
+        match exc {
             Exception::Memory(_) => encode_exit(index, ExitKind::MemFault, 0),
             _ => {
                 self.exceptions.push(exc);
                 encode_exit(index, ExitKind::Exception, self.exceptions.len() - 1)
             }
-        };
+        }
+    }
+
+    /// Raises `exc` unconditionally from the current position (terminates the current block).
+    pub(crate) fn exit_exception(&mut self, exc: Exception) {
+        let (_, ip, next) = self.insn;
+        let rip = if exc.is_trap() { next } else { ip };
+        let rip = self.b.ins().iconst(types::I64, rip as i64);
+        let code = self.exit_code(exc);
+        let code = self.b.ins().iconst(types::I64, code);
         self.emit_exit(self.saved_flags, rip, code);
     }
 
-    /// Branches to a cold side exit raising `exc` when `cond` != 0, then continues.
+    /// Branches to the instruction's cold fault exit with `exc` when `cond` != 0, then
+    /// continues. All fault points of one instruction share one exit block: every check comes
+    /// before the instruction's first write, so they all leave the same state behind.
     fn side_exit(&mut self, cond: Value, exc: Exception) {
-        let exit = self.b.create_block();
+        let code = self.exit_code(exc);
+        let exit = match self.fault_exit {
+            Some(b) => b,
+            None => {
+                let b = self.b.create_block();
+                self.b.append_block_param(b, types::I64);
+                self.b.set_cold_block(b);
+                self.pending.push(PendingExit {
+                    block: b,
+                    flags: self.saved_flags,
+                    rip: self.insn.1,
+                });
+                self.fault_exit = Some(b);
+                b
+            }
+        };
+        let code = self.b.ins().iconst(types::I64, code);
         let cont = self.b.create_block();
-        self.b.set_cold_block(exit);
-        self.b.ins().brif(cond, exit, &[], cont, &[]);
-        self.b.switch_to_block(exit);
-        self.exit_exception(exc);
+        self.b
+            .ins()
+            .brif(cond, exit, &[BlockArg::Value(code)], cont, &[]);
         self.b.switch_to_block(cont);
+    }
+
+    /// Fills in the shared fault exits; call once after the last instruction's exit.
+    pub(crate) fn finish_exits(&mut self) {
+        for p in std::mem::take(&mut self.pending) {
+            self.b.switch_to_block(p.block);
+            let code = self.b.block_params(p.block)[0];
+            let rip = self.b.ins().iconst(types::I64, p.rip as i64);
+            // `dirty` is now the whole block's write set: a superset, and use_var yields each
+            // register's value at the fault point, so extra stores write unchanged values.
+            self.emit_exit(p.flags, rip, code);
+        }
     }
 
     fn helper(&mut self, sig: SigRef, f: usize, args: &[Value]) -> Value {

@@ -36,7 +36,17 @@
 //!   function (compiled blocks stay valid for the process lifetime); an own code cache fed by
 //!   `Context::compile` is needed for invalidation at scale.
 //! - The inline TLB fast path for loads and stores (MMU issue).
-//! - Exit-time stores are an over-approximation (every register written on any path so far).
+//! - Exit-time stores are an over-approximation (every register written anywhere in the block).
+//! - Compile cost: measured ~27 µs per guest instruction (31-instruction block, 781 IR
+//!   instructions, 850 µs, release, verifier off; `benches/translate.rs`), an order above the
+//!   DESIGN estimate. Almost all of it is Cranelift itself (regalloc, e-graph) on IR size: each
+//!   memory access costs a canonical check and a helper call with a status branch, and each
+//!   instruction that can fault has a cold exit that folds the lazy flags inline (~30 IR
+//!   instructions) and stores the written registers. Next steps: fold flags in fault exits
+//!   through one out-of-line helper, the inline TLB path, and fewer exits per block.
+//! - Hot loop (10 instructions, one block re-entered per iteration): ~745 M guest
+//!   instructions/s compiled vs ~71 M/s interpreted; block entry/exit dominates the compiled
+//!   figure, which region compilation removes.
 
 mod emitter;
 pub mod runtime;
@@ -264,10 +274,16 @@ impl Jit {
                 Err(exc) => return Err(Attempt::StopBefore(i, exc)),
             }
         }
+        e.finish_exits();
         let exceptions = std::mem::take(&mut e.exceptions);
         drop(e);
         b.seal_all_blocks();
         b.finalize(frontend);
+        log::trace!(
+            "jit: block at {:#x}: {len} guest instructions, {} IR instructions",
+            key.start,
+            self.ctx.func.dfg.num_insts()
+        );
 
         let fatal = |m: String| Attempt::Fatal(JitError::Codegen(m));
         let id = self
