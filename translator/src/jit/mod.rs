@@ -1,7 +1,7 @@
 //! The Cranelift tier: translation blocks compiled to host code from the shared semantics.
 //!
 //! [`Jit::compile_block`] runs every instruction's semantics ([`crate::sem::execute`]) through
-//! [`emitter::JitEmitter`], the second implementation of [`Emitter`](crate::sem::Emitter) (the
+//! `emitter::JitEmitter`, the second implementation of [`Emitter`] (the
 //! interpreter is the first), so no instruction's behaviour is written twice. A compiled block
 //! is a host function `(cpu: *mut CpuState, ctx: *mut RunCtx) -> exit code`; [`run_compiled`]
 //! calls it and returns the same [`BlockExit`] as the interpreter's
@@ -15,7 +15,7 @@
 //! chains never materialize RFLAGS in between). An instruction that transfers control ends the
 //! block unless its target is the next instruction in the list (a not-taken jcc falls through
 //! into the rest, as `run_block` does). Exceptions leave through cold side exits that store the
-//! state as at the start of the faulting instruction (see [`emitter`]): #DE, #GP/#SS from
+//! state as at the start of the faulting instruction (see `emitter.rs`): #DE, #GP/#SS from
 //! canonical checks, memory faults from the helpers, and #UD/#BP of UD2/INT3.
 //!
 //! An instruction whose semantics reports [`Exception::Unimplemented`] (or any other
