@@ -11,17 +11,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringzero_devices::{
+    acpi_pm::{self, AcpiPm},
     debug_exit::{self, DebugExit},
     fw_cfg::{self, FwCfg},
     i8042::I8042,
     irq,
     pci::{PciBus, PciConfigIo, ResetControl},
+    pit::HostClock,
     rtc::CmosRtc,
     test_device::TestDevice,
     uart::Uart16550,
     Bus, BusError, BusKind, IrqSink, MachineControl, MachineEvent, SharedDevice,
 };
 
+use crate::acpi::{self, AcpiError, AcpiLayout};
 use crate::cli::{status, Accel, SerialTarget};
 use crate::kvm::{self, KvmError, KvmVm};
 use crate::loader::{self, BootSetup, LoadError};
@@ -136,6 +139,9 @@ pub enum MachineError {
     /// The guest image could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The ACPI tables could not be written.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     /// The KVM backend could not be set up.
     #[error("--accel kvm: {0}")]
     Kvm(#[from] KvmError),
@@ -272,6 +278,16 @@ fn build_platform(
         shared(PciConfigIo::new(pci_bus, Some(reset))),
     )?;
     TestDevice::new(Arc::clone(&irq)).register(&mut pio)?;
+    let pm = AcpiPm::new(
+        Arc::clone(control),
+        irq::line(&irq, u32::from(acpi_pm::SCI_IRQ)),
+        HostClock::new(),
+    );
+    pio.insert(
+        u64::from(acpi_pm::PM_BASE_PORT),
+        acpi_pm::PM_PORT_LEN,
+        shared(pm),
+    )?;
     Ok(Platform { pio, mmio, uart })
 }
 
@@ -333,6 +349,9 @@ pub fn run(
         &control,
         cmdline_of(&config.boot),
     )?;
+    // Firmware tables first: a loader may still place guest bytes over them (a flat image below
+    // 1 MiB is the guest's own business).
+    acpi::write_tables(&mem, &AcpiLayout::default())?;
     let setup = load(&mem, &config.boot)?;
     log::info!("{}", setup.summary);
 

@@ -202,3 +202,33 @@ fn guest_reset_through_the_i8042_ends_the_run_cleanly() {
     let o = ringzero(&["run", "--accel", "kvm", "--flat", &spec, "--timeout", "20s"]);
     assert_eq!(status(&o), 0, "stderr: {}", stderr(&o));
 }
+
+#[test]
+fn acpi_s5_powers_the_machine_off() {
+    if !kvm_or_skip("acpi_poweroff") {
+        return;
+    }
+    let d = tempdir();
+    let k = write_file(d.path(), "acpi.elf", images::ACPI_TEST);
+    let o = ringzero(&[
+        "run",
+        "--accel",
+        "kvm",
+        "--multiboot",
+        k.to_str().unwrap(),
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(
+        stdout(&o),
+        images::ACPI_TEST_EXPECTED_OUTPUT,
+        "stderr: {}",
+        stderr(&o)
+    );
+    assert_eq!(
+        status(&o),
+        images::ACPI_TEST_EXIT_STATUS,
+        "stderr: {}",
+        stderr(&o)
+    );
+}
