@@ -9,7 +9,7 @@ use super::gen::{self, Family};
 use super::oracle::Oracle;
 use super::report;
 pub use super::translated::Tier;
-use super::translated::{self, TranslatorGap};
+use super::translated::{TranslatedRunner, TranslatorGap};
 use super::{Case, DifftestError, Mode};
 
 /// One difftest run's parameters.
@@ -87,6 +87,7 @@ fn family_name(config: &DifftestConfig, index: u64) -> String {
 /// Runs the cases; divergences are written to `out` as they are found.
 pub fn run(config: &DifftestConfig, out: &mut dyn Write) -> Result<Summary, DifftestError> {
     let mut oracle = Oracle::new(config.mode)?;
+    let mut bt = TranslatedRunner::new().map_err(|e| DifftestError::Translator(e.to_string()))?;
     let started = Instant::now();
     let mut summary = Summary::default();
     let mode = config.mode;
@@ -95,7 +96,7 @@ pub fn run(config: &DifftestConfig, out: &mut dyn Write) -> Result<Summary, Diff
         let expected = oracle.run(&case)?;
         summary.cases += 1;
         for tier in Tier::ALL {
-            let actual = match translated::run(&case, mode, tier) {
+            let actual = match bt.run(&case, mode, tier) {
                 Ok(a) => a,
                 Err(TranslatorGap::Unimplemented(m)) if config.skip_unimplemented => {
                     *summary.gaps.entry(format!("{m:?}")).or_default() += 1;
@@ -121,8 +122,8 @@ pub fn run(config: &DifftestConfig, out: &mut dyn Write) -> Result<Summary, Diff
             }
             summary.divergences += 1;
             // Show the minimised case if it still diverges when rerun, else the original.
-            let small = minimize(&mut oracle, &case, mode, tier);
-            let (small, e, a) = match (oracle.run(&small), translated::run(&small, mode, tier)) {
+            let small = minimize(&mut oracle, &mut bt, &case, mode, tier);
+            let (small, e, a) = match (oracle.run(&small), bt.run(&small, mode, tier)) {
                 (Ok(e), Ok(a)) if !report::compare(&small, mode, &e, &a).agrees() => (small, e, a),
                 _ => (case.clone(), expected.clone(), actual),
             };
@@ -152,9 +153,15 @@ pub fn run(config: &DifftestConfig, out: &mut dyn Write) -> Result<Summary, Diff
 }
 
 /// Shrinks a diverging case while it still diverges on `tier`.
-fn minimize(oracle: &mut Oracle, case: &Case, mode: Mode, tier: Tier) -> Case {
+fn minimize(
+    oracle: &mut Oracle,
+    bt: &mut TranslatedRunner,
+    case: &Case,
+    mode: Mode,
+    tier: Tier,
+) -> Case {
     report::minimize(case, mode, |c| {
-        match (oracle.run(c), translated::run(c, mode, tier)) {
+        match (oracle.run(c), bt.run(c, mode, tier)) {
             (Ok(e), Ok(a)) => !report::compare(c, mode, &e, &a).agrees(),
             _ => false,
         }

@@ -199,6 +199,9 @@ pub enum DifftestError {
     /// The hypervisor does not run this mode's ring-3 code on the real CPU, so it is no oracle.
     #[error("not a hardware oracle here: {0}")]
     NotNative(String),
+    /// The translator could not be set up.
+    #[error("translator: {0}")]
+    Translator(String),
     /// The CPU state could not be converted for KVM.
     #[error("CPU state conversion: {0}")]
     State(String),

@@ -777,3 +777,22 @@ fn block_from_another_mode_does_not_run() {
     let exit = run_compiled(&mut elsewhere, &mut m, &block);
     assert_eq!((exit.executed, exit.exception), (0, None));
 }
+
+#[test]
+fn flags_survive_a_following_instruction_that_writes_no_flags() {
+    // Found by `ringzero difftest --seed 20261123 --family alu --start 56`: adc r15d, r10d
+    // (0 + 8, CF clear) then lea must leave PF clear (0x08 has odd parity).
+    let mut jit = Jit::new().unwrap();
+    let (mut c, mem, end) = program(64, |a| {
+        a.adc(r15d, r10d)?;
+        a.lea(r15d, dword_ptr(rcx + r8 - 0x22))
+    });
+    c.gpr[reg::R15] = 0;
+    c.gpr[reg::R10] = 8;
+    c.gpr[reg::RCX] = 0x21_1006;
+    c.gpr[reg::R8] = 0xffff_ffff_ffff_ffd2;
+    c.rflags = 0x2d6;
+    let (c, _, exc) = run_program(&mut jit, "adc then lea", c, mem, end);
+    assert_eq!(exc, None);
+    assert_eq!(c.rflags & ARITH, 0, "rflags {:#x}", c.rflags);
+}

@@ -97,8 +97,12 @@ fn trusted_state() -> MemFlagsData {
     MemFlagsData::trusted()
 }
 
+/// Flags for reading guest state at block entry. Not `readonly`/`can_move`: the block's exits
+/// store to the same `CpuState`, and a movable read-only load may legally be sunk past those
+/// stores, reading the value the block itself wrote (found by difftest: flags of `adc r15d, ..`
+/// computed from the `lea r15d` that followed). Unused loads are still dropped (`notrap`).
 fn initial_state() -> MemFlagsData {
-    MemFlagsData::trusted().with_readonly().with_can_move()
+    MemFlagsData::trusted()
 }
 
 impl<'a, 'f> JitEmitter<'a, 'f> {
