@@ -83,10 +83,7 @@ impl TranslatedRunner {
             let exit = match tier {
                 Tier::Interpreter => {
                     steps += 1;
-                    match interp::step(&mut cpu, &mut mem) {
-                        Ok(()) => None,
-                        Err(e) => Some(e),
-                    }
+                    interp::step(&mut cpu, &mut mem).err()
                 }
                 Tier::Jit => {
                     let exit = self.jit_block(&mut cpu, &mut mem, case.end_rip())?;
