@@ -87,14 +87,14 @@ wait_for() {
     WAITED=$(elapsed "$START" "$(now)")
 }
 
-# Wait for QEMU to exit by itself (the guest's reset with -no-reboot) and check its status;
+# Wait for QEMU to exit by itself (the guest powers off through ACPI) and check its status;
 # sets WAITED like wait_for.
 wait_exit() {
     local name=$1 status=0 waited=0
     while kill -0 "$QEMU_PID" 2>/dev/null; do
         sleep 0.1
         waited=$((waited + 1))
-        [[ $waited -lt $((TIMEOUT * 10)) ]] || die "$name: QEMU did not exit (the guest did not reset)"
+        [[ $waited -lt $((TIMEOUT * 10)) ]] || die "$name: QEMU did not exit (the guest did not power off)"
     done
     wait "$QEMU_PID" || status=$?
     QEMU_PID=
