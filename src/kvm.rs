@@ -108,6 +108,26 @@ fn install_kick_handler() {
     });
 }
 
+/// Registers every RAM region of `mem` as a KVM memory slot of `vm` (slot n = region n).
+///
+/// # Safety
+/// The guest can access the mappings for as long as `vm` lives: `mem` must outlive `vm`.
+pub(crate) unsafe fn map_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), KvmError> {
+    for (slot, r) in mem.regions().iter().enumerate() {
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: r.guest_base(),
+            memory_size: r.size(),
+            userspace_addr: r.host_addr() as u64,
+        };
+        // SAFETY: the region is a live mapping that outlives `vm`, as the caller guarantees.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
 /// Routes device interrupt lines to the in-kernel irqchip with `KVM_IRQ_LINE`.
 pub struct KvmIrqSink {
     vm: Arc<VmFd>,
@@ -151,19 +171,9 @@ impl KvmVm {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
-        for (slot, r) in mem.regions().iter().enumerate() {
-            let region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: r.guest_base(),
-                memory_size: r.size(),
-                userspace_addr: r.host_addr() as u64,
-            };
-            // SAFETY: the region's mapping outlives the VM: the machine owns both and drops
-            // the VM (and its vCPU) first.
-            unsafe { vm.set_user_memory_region(region) }
-                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        // SAFETY: the machine owns both the memory and the VM and drops the VM (and its vCPU)
+        // first.
+        unsafe { map_guest_memory(&vm, mem) }?;
         Ok(KvmVm {
             kvm,
             vm: Arc::new(vm),

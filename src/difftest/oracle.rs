@@ -19,7 +19,7 @@
 //! ring-0 code is emulated; the stubs are a single instruction, so a case costs one ring switch
 //! and one exit.
 
-use kvm_bindings::{kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_regs, kvm_sregs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use ringzero_translator::state::{rflags, DescriptorTable, Segment};
 use ringzero_translator::CpuState;
@@ -92,18 +92,11 @@ impl Oracle {
         let kvm = crate::kvm::open_kvm().map_err(DifftestError::KvmUnavailable)?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mem = GuestMemory::new(RAM_SIZE)?;
-        for (slot, r) in mem.regions().iter().enumerate() {
-            let region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: r.guest_base(),
-                memory_size: r.size(),
-                userspace_addr: r.host_addr() as u64,
-            };
-            // SAFETY: the mapping lives in `mem`, which the Oracle drops after the VM.
-            unsafe { vm.set_user_memory_region(region) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        // SAFETY: the mapping lives in `mem`, which the Oracle drops after the VM.
+        unsafe { crate::kvm::map_guest_memory(&vm, &mem) }.map_err(|e| match e {
+            crate::kvm::KvmError::Ioctl { op, source } => DifftestError::Kvm { op, source },
+            other => DifftestError::KvmUnavailable(other),
+        })?;
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         // Long mode needs CPUID to advertise LM before KVM accepts EFER.LME.
         let cpuid = kvm
