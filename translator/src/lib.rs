@@ -4,11 +4,14 @@
 //! the translator: the instruction semantics written once over an emitter trait ([`sem`]), the
 //! guest-memory interface ([`mem`]), the interpreter tier ([`interp`]) that runs them, and the
 //! Cranelift tier ([`jit`]) that compiles blocks of the same semantics to host code and returns
-//! the same [`interp::BlockExit`]. The code cache, dispatch loop, tier-up and MMU land in later
-//! increments.
+//! the same [`interp::BlockExit`]. The execution [`engine`] caches decoded blocks, dispatches
+//! them with successor memos instead of hash lookups on the hot path, and compiles a block once
+//! its measured execution count reaches the tier-up threshold. The MMU lands in a later
+//! increment.
 
 #![warn(missing_docs)]
 
+pub mod engine;
 pub mod interp;
 pub mod jit;
 pub mod mem;
