@@ -26,6 +26,7 @@ pub struct Interp<'a> {
     code_bits: u32,
     stack_bits: u32,
     cpl: u8,
+    alignment_checks: bool,
 }
 
 impl<'a> Interp<'a> {
@@ -40,6 +41,7 @@ impl<'a> Interp<'a> {
             16
         };
         let cpl = cpu.cpl();
+        let alignment_checks = sem::alignment_checks(cpu);
         Interp {
             cpu,
             mem,
@@ -48,6 +50,7 @@ impl<'a> Interp<'a> {
             code_bits,
             stack_bits,
             cpl,
+            alignment_checks,
         }
     }
 
@@ -237,6 +240,10 @@ impl Emitter for Interp<'_> {
 
     fn cpl(&self) -> u8 {
         self.cpl
+    }
+
+    fn alignment_checks(&self) -> bool {
+        self.alignment_checks
     }
 }
 

@@ -557,3 +557,69 @@ fn unimplemented_instructions_are_reported_by_name() {
     );
     assert_eq!(t.cpu.rip, CODE);
 }
+
+/// A 64-bit CPU at CPL 3 with CR0.AM set and RFLAGS.AC as given.
+fn user_with_am(t: &mut Run, ac: bool) {
+    t.cpu.cs.dpl = 3;
+    t.cpu.cs.selector |= 3;
+    t.cpu.ss.dpl = 3;
+    t.cpu.ss.selector |= 3;
+    t.cpu.cr0 |= ringzero_translator::state::ctl::CR0_AM;
+    if ac {
+        t.cpu.rflags |= rflags::AC;
+    }
+}
+
+#[test]
+fn alignment_check_needs_am_ac_and_cpl3() {
+    let ac = Exception::Cpu {
+        vector: ringzero_translator::sem::AC,
+        error: Some(0),
+    };
+    let build = |c: &mut CodeAssembler| c.push(qword_ptr(rdi));
+    // Misaligned quadword read at CPL 3 with AM and AC: #AC(0), nothing changed.
+    let mut t = Run::new(64, build);
+    user_with_am(&mut t, true);
+    t.cpu.gpr[reg::RDI] = 0x3001;
+    let before = t.cpu.clone();
+    assert_eq!(t.go(), Err(ac));
+    assert_eq!(t.cpu, before);
+    // Without AC, at CPL 0, or aligned: no fault.
+    for (cpl3, flag, rdi_value) in [
+        (true, false, 0x3001),
+        (false, true, 0x3001),
+        (true, true, 0x3008),
+    ] {
+        let mut t = Run::new(64, build);
+        if cpl3 {
+            user_with_am(&mut t, flag);
+        } else {
+            t.cpu.cr0 |= ringzero_translator::state::ctl::CR0_AM;
+            t.cpu.rflags |= rflags::AC;
+        }
+        t.cpu.gpr[reg::RDI] = rdi_value;
+        t.go().unwrap();
+        assert_eq!(t.r(reg::RSP), STACK - 8);
+    }
+    // The stack side: a push to a misaligned RSP faults before RSP moves; byte accesses never.
+    let mut t = Run::new(64, |c| {
+        c.mov(byte_ptr(rdi), 1)?;
+        c.push(rax)
+    });
+    user_with_am(&mut t, true);
+    t.cpu.gpr[reg::RDI] = 0x3001;
+    t.cpu.gpr[reg::RSP] = STACK - 4;
+    assert_eq!(t.go(), Err(ac));
+    assert_eq!(t.r(reg::RSP), STACK - 4);
+    assert_eq!(t.mem.bytes[0x3001], 1);
+    // POPF setting AC makes the next access checked (AC is a run-time bit).
+    let mut t = Run::new(64, |c| {
+        c.push(0x40000)?;
+        c.popfq()?;
+        c.mov(eax, dword_ptr(rdi))
+    });
+    user_with_am(&mut t, false);
+    t.cpu.gpr[reg::RDI] = 0x3002;
+    assert_eq!(t.go(), Err(ac));
+    assert_eq!(t.cpu.rip, t.end - 2);
+}

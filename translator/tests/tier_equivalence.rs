@@ -796,3 +796,63 @@ fn flags_survive_a_following_instruction_that_writes_no_flags() {
     assert_eq!(exc, None);
     assert_eq!(c.rflags & ARITH, 0, "rflags {:#x}", c.rflags);
 }
+
+/// `c` at CPL 3 with CR0.AM set (alignment checks armed; RFLAGS.AC decides at run time).
+fn user_with_am(c: &mut CpuState) {
+    c.cs.dpl = 3;
+    c.cs.selector |= 3;
+    c.ss.dpl = 3;
+    c.ss.selector |= 3;
+    c.cr0 |= ringzero_translator::state::ctl::CR0_AM;
+}
+
+#[test]
+fn alignment_checks_in_both_tiers() {
+    let mut jit = Jit::new().unwrap();
+    let ac = Exception::Cpu {
+        vector: ringzero_translator::sem::AC,
+        error: Some(0),
+    };
+    // POPF sets AC inside the block; the misaligned load after it faults, the one before not.
+    let (mut c, mem, end) = program(64, |a| {
+        a.mov(rdx, qword_ptr(rsi))?;
+        a.add(rdx, 1)?;
+        a.push(rbx)?;
+        a.popfq()?;
+        a.mov(eax, dword_ptr(rdi))?;
+        a.mov(ecx, 1)
+    });
+    user_with_am(&mut c);
+    let all = decode_all(&c, &mem.bytes[CODE as usize..end as usize]);
+    let block = jit.compile_block(&all, &c).unwrap();
+    assert_eq!(block.len, all.len());
+    for (rdi_value, new_flags, faults) in [
+        (0x3002u64, rflags::AC | rflags::CF, true),
+        (0x3004, rflags::AC, false),
+        (0x3002, rflags::ZF, false),
+    ] {
+        let mut c = c.clone();
+        c.gpr[reg::RSI] = 0x3001;
+        c.gpr[reg::RDI] = rdi_value;
+        c.gpr[reg::RBX] = new_flags | rflags::FIXED1;
+        let (after, _, exit) = same("ac after popf", &block, &all, &c, &mem);
+        if faults {
+            assert_eq!((exit.executed, exit.exception), (4, Some(ac)));
+            assert_eq!(after.rip, all[4].ip());
+            assert_eq!(after.rflags, rflags::FIXED1 | rflags::AC | rflags::CF);
+        } else {
+            assert_eq!((exit.executed, exit.exception), (all.len(), None));
+        }
+    }
+    // A block compiled without the checks does not run on a CPU that needs them.
+    let (c0, mem0, end0) = program(64, |a| a.mov(eax, dword_ptr(rdi)));
+    let mut c3 = c0.clone();
+    user_with_am(&mut c3);
+    c3.cr0 &= !ringzero_translator::state::ctl::CR0_AM;
+    let all = decode_all(&c3, &mem0.bytes[CODE as usize..end0 as usize]);
+    let block = jit.compile_block(&all, &c3).unwrap();
+    let mut armed = c3.clone();
+    armed.cr0 |= ringzero_translator::state::ctl::CR0_AM;
+    let exit = run_compiled(&mut armed, &mut mem0.clone(), &block);
+    assert!(matches!(exit.exception, Some(Exception::Internal(_))));
+}

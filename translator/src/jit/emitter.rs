@@ -76,6 +76,7 @@ pub(crate) struct JitEmitter<'a, 'f> {
     code_bits: u32,
     stack_bits: u32,
     cpl: u8,
+    alignment_checks: bool,
     helpers: Helpers,
     /// Conditional-region nesting depth (`if_then` bodies).
     depth: u32,
@@ -113,6 +114,7 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
         code_bits: u32,
         stack_bits: u32,
         cpl: u8,
+        alignment_checks: bool,
     ) -> Self {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -162,6 +164,7 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
             code_bits,
             stack_bits,
             cpl,
+            alignment_checks,
             helpers,
             depth: 0,
             insn: (0, 0, 0),
@@ -534,6 +537,10 @@ impl Emitter for JitEmitter<'_, '_> {
 
     fn cpl(&self) -> u8 {
         self.cpl
+    }
+
+    fn alignment_checks(&self) -> bool {
+        self.alignment_checks
     }
 }
 

@@ -99,6 +99,8 @@ pub struct BlockKey {
     pub stack_bits: u32,
     /// Current privilege level.
     pub cpl: u8,
+    /// CR0.AM with CPL 3: data accesses carry an #AC check ([`sem::alignment_checks`]).
+    pub alignment_checks: bool,
 }
 
 impl BlockKey {
@@ -119,6 +121,7 @@ impl BlockKey {
             code_bits,
             stack_bits,
             cpl: cpu.cpl(),
+            alignment_checks: sem::alignment_checks(cpu),
         }
     }
 }
@@ -239,6 +242,7 @@ impl Jit {
             key.code_bits,
             key.stack_bits,
             key.cpl,
+            key.alignment_checks,
         );
         let mut len = 0;
         for (i, insn) in insns.iter().enumerate() {

@@ -3,7 +3,7 @@
 use super::emit::{Emitter, UnOp};
 use super::operand::{effective_address, loc, Loc};
 use super::{flags, width0, Exception};
-use iced_x86::Instruction;
+use iced_x86::{Instruction, Mnemonic};
 
 /// MOV between general registers, memory and immediates.
 pub fn mov<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
@@ -17,7 +17,13 @@ pub fn mov<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
 /// MOVZX (`signed = false`) and MOVSX/MOVSXD (`signed = true`).
 pub fn movx<E: Emitter>(e: &mut E, insn: &Instruction, signed: bool) -> Result<(), Exception> {
     let dst = loc(e, insn, 0)?;
-    let src = loc(e, insn, 1)?;
+    let mut src = loc(e, insn, 1)?;
+    if let (Mnemonic::Movsxd, Loc::Mem { bits, .. }) = (insn.mnemonic(), &mut src) {
+        // MOVSXD r16, m: the value is the low word either way, but AMD (the difftest oracle's
+        // CPU; APM "MOVSXD reg, reg/mem32") reads a doubleword, which #AC checks for 4-byte
+        // alignment. Intel documents a word read; only #AC/unbacked-memory edges differ.
+        *bits = 32;
+    }
     let sw = src
         .bits()
         .ok_or(Exception::Unimplemented(insn.mnemonic()))?;

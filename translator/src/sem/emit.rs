@@ -154,6 +154,10 @@ pub trait Emitter {
     fn stack_bits(&self) -> u32;
     /// Current privilege level.
     fn cpl(&self) -> u8;
+    /// Whether data accesses are alignment-checked when RFLAGS.AC is set: CR0.AM and CPL 3
+    /// (SDM Vol. 3 §6.15, interrupt 17). RFLAGS.AC itself is a run-time value (POPF can change
+    /// it inside a block); this part is a translation-time constant.
+    fn alignment_checks(&self) -> bool;
 
     /// Wrapping `a + b`.
     fn add(&mut self, a: Self::V, b: Self::V) -> Self::V {

@@ -50,7 +50,14 @@ pub use emit::{BinOp, Emitter, Seg, UnOp};
 pub use flags::{CcOp, Flag, FlagState, Lazy};
 
 use crate::mem::MemFault;
+use crate::state::{ctl, CpuState};
 use iced_x86::{Instruction, Mnemonic};
+
+/// Whether `cpu`'s data accesses are alignment-checked when RFLAGS.AC is set: CR0.AM = 1 and
+/// CPL = 3 (SDM Vol. 3 §6.15). The translation-time half of [`Emitter::alignment_checks`].
+pub fn alignment_checks(cpu: &CpuState) -> bool {
+    cpu.cr0 & ctl::CR0_AM != 0 && cpu.cpl() == 3
+}
 
 /// #DE, divide error.
 pub const DE: u8 = 0;
@@ -64,6 +71,8 @@ pub const UD: u8 = 6;
 pub const SS: u8 = 12;
 /// #GP, general protection.
 pub const GP: u8 = 13;
+/// #AC, alignment check (error code 0).
+pub const AC: u8 = 17;
 
 /// Why an instruction did not complete normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

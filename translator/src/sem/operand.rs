@@ -5,10 +5,14 @@
 //! Memory operands produce a linear address: effective address (base + index * scale + disp)
 //! wrapped to the address size, plus the segment base (only FS/GS in 64-bit mode), with the
 //! canonical check in 64-bit mode. Segment limit checks come with the system-level increment.
+//!
+//! Every data access of the semantics goes through [`load`] and [`store`] here (never
+//! [`Emitter::load`]/[`Emitter::store`] directly), so the alignment check (#AC) lives in one
+//! place.
 
-use super::emit::{Emitter, Seg};
-use super::{Exception, GP, SS};
-use crate::state::reg;
+use super::emit::{BinOp, Emitter, Seg};
+use super::{Exception, AC, GP, SS};
+use crate::state::{reg, rflags};
 use iced_x86::{Instruction, OpKind, Register};
 
 /// A general-purpose register operand.
@@ -143,7 +147,7 @@ impl<V: Copy> Loc<V> {
     pub fn read<E: Emitter<V = V>>(&self, e: &mut E, bits: u32) -> Result<V, Exception> {
         match *self {
             Loc::Reg(g) => Ok(read_gpr(e, g)),
-            Loc::Mem { addr, bits: b } => e.load(addr, (b / 8) as u8),
+            Loc::Mem { addr, bits: b } => load(e, addr, (b / 8) as u8),
             Loc::Imm(v) => {
                 let v = if bits >= 64 {
                     v
@@ -162,7 +166,7 @@ impl<V: Copy> Loc<V> {
                 write_gpr(e, g, v);
                 Ok(())
             }
-            Loc::Mem { addr, bits } => e.store(addr, v, (bits / 8) as u8),
+            Loc::Mem { addr, bits } => store(e, addr, v, (bits / 8) as u8),
             Loc::Imm(_) => Err(Exception::Internal("write to an immediate operand")),
         }
     }
@@ -287,10 +291,47 @@ pub fn linear<E: Emitter>(e: &mut E, seg: Seg, ea: E::V) -> Result<E::V, Excepti
     }
 }
 
+/// Raises #AC(0) when alignment checking is on (CR0.AM, CPL 3: [`Emitter::alignment_checks`];
+/// RFLAGS.AC at run time) and a `size`-byte data access at `addr` is not `size`-aligned.
+///
+/// SDM Vol. 3 §6.15 (table 6-7): words, doublewords and quadwords must be 2-, 4- and 8-aligned,
+/// bit strings to their operand size; stack pushes and pops, string elements and explicit
+/// operands are all data accesses. Byte accesses never fault. Checked after the canonical check
+/// (#GP/#SS come first) and before the access itself.
+pub fn check_alignment<E: Emitter>(e: &mut E, addr: E::V, size: u8) -> Result<(), Exception> {
+    if size <= 1 || !e.alignment_checks() {
+        return Ok(());
+    }
+    let r = e.rflags();
+    let ac = e.bit(r, rflags::AC.trailing_zeros());
+    let low = e.and_i(addr, u64::from(size) - 1);
+    let mis = e.ne_i(low, 0);
+    let bad = e.bin(BinOp::And, ac, mis);
+    e.raise(
+        bad,
+        Exception::Cpu {
+            vector: AC,
+            error: Some(0),
+        },
+    )
+}
+
+/// Loads a `size`-byte data operand at linear `addr` (alignment-checked).
+pub fn load<E: Emitter>(e: &mut E, addr: E::V, size: u8) -> Result<E::V, Exception> {
+    check_alignment(e, addr, size)?;
+    e.load(addr, size)
+}
+
+/// Stores the low `size` bytes of `v` at linear `addr` (alignment-checked).
+pub fn store<E: Emitter>(e: &mut E, addr: E::V, v: E::V, size: u8) -> Result<(), Exception> {
+    check_alignment(e, addr, size)?;
+    e.store(addr, v, size)
+}
+
 /// Raises `vector` with error code 0 unless `addr` is canonical (48-bit virtual addresses).
 pub fn check_canonical<E: Emitter>(e: &mut E, addr: E::V, vector: u8) -> Result<(), Exception> {
     let s = e.sext(addr, 48);
-    let bad = e.bin(super::emit::BinOp::Ne, s, addr);
+    let bad = e.bin(BinOp::Ne, s, addr);
     e.raise(
         bad,
         Exception::Cpu {

@@ -6,7 +6,7 @@
 
 use super::emit::{BinOp, Emitter, Seg};
 use super::flags::{self, ARITH};
-use super::operand::{gpr_of, linear, loc, mem_linear, read_reg_bits, write_reg_bits};
+use super::operand::{gpr_of, linear, load, loc, mem_linear, read_reg_bits, store, write_reg_bits};
 use super::Exception;
 use crate::state::reg::{RBP, RSP};
 use crate::state::rflags;
@@ -36,7 +36,7 @@ pub fn push_value<E: Emitter>(e: &mut E, v: E::V, bytes: u32) -> Result<(), Exce
     let s = sp(e);
     let new = sp_plus(e, s, -i64::from(bytes));
     let addr = linear(e, Seg::Ss, new)?;
-    e.store(addr, v, bytes as u8)?;
+    store(e, addr, v, bytes as u8)?;
     set_sp(e, new);
     Ok(())
 }
@@ -45,7 +45,7 @@ pub fn push_value<E: Emitter>(e: &mut E, v: E::V, bytes: u32) -> Result<(), Exce
 pub fn peek<E: Emitter>(e: &mut E, bytes: u32) -> Result<(E::V, E::V), Exception> {
     let s = sp(e);
     let addr = linear(e, Seg::Ss, s)?;
-    let v = e.load(addr, bytes as u8)?;
+    let v = load(e, addr, bytes as u8)?;
     let new = sp_plus(e, s, i64::from(bytes));
     Ok((v, new))
 }
@@ -76,7 +76,7 @@ pub fn pop<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     let (v, new) = peek(e, bytes)?;
     if insn.op0_kind() == OpKind::Memory {
         let addr = mem_linear(e, insn, Some(new))?;
-        e.store(addr, v, bytes as u8)?;
+        store(e, addr, v, bytes as u8)?;
         set_sp(e, new);
         Ok(())
     } else {
@@ -92,7 +92,7 @@ pub fn leave<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception>
     let sbits = e.stack_bits();
     let bp = read_reg_bits(e, RBP, sbits);
     let addr = linear(e, Seg::Ss, bp)?;
-    let v = e.load(addr, bytes as u8)?;
+    let v = load(e, addr, bytes as u8)?;
     let new = sp_plus(e, bp, i64::from(bytes));
     set_sp(e, new);
     write_reg_bits(e, RBP, bytes * 8, v);
