@@ -623,3 +623,128 @@ fn alignment_check_needs_am_ac_and_cpl3() {
     assert_eq!(t.go(), Err(ac));
     assert_eq!(t.cpu.rip, t.end - 2);
 }
+
+#[test]
+fn xadd_and_cmpxchg_known_answers() {
+    // XADD: dst = sum, src = old dst, flags of the ADD; xadd r, r with one register keeps the sum.
+    let mut t = Run::new(64, |c| {
+        c.xadd(qword_ptr(rdi), rbx)?;
+        c.xadd(ecx, ecx)
+    });
+    t.cpu.gpr[reg::RDI] = 0x3000;
+    t.mem.write(0x3000, &u64::MAX.to_le_bytes()).unwrap();
+    t.cpu.gpr[reg::RBX] = 1;
+    t.cpu.gpr[reg::RCX] = 0xffff_ffff_8000_0000;
+    t.go().unwrap();
+    assert_eq!(t.m64(0x3000), 0);
+    assert_eq!(t.r(reg::RBX), u64::MAX);
+    assert_eq!(t.r(reg::RCX), 0);
+    // 0x80000000 + 0x80000000: CF, OF, ZF, PF.
+    let f = rflags::CF | rflags::OF | rflags::ZF | rflags::PF;
+    assert_eq!(t.cpu.rflags & f, f);
+
+    // CMPXCHG success: ZF, dst = src, accumulator untouched (upper half kept).
+    let mut t = Run::new(64, |c| c.lock().cmpxchg(dword_ptr(rdi), ecx));
+    t.cpu.gpr[reg::RDI] = 0x3000;
+    t.mem.write(0x3000, &0x1234u32.to_le_bytes()).unwrap();
+    t.cpu.gpr[reg::RAX] = 0xaaaa_bbbb_0000_1234;
+    t.cpu.gpr[reg::RCX] = 0x5678;
+    t.go().unwrap();
+    assert_eq!(t.m64(0x3000) & 0xffff_ffff, 0x5678);
+    assert_eq!(t.r(reg::RAX), 0xaaaa_bbbb_0000_1234);
+    assert_ne!(t.cpu.rflags & rflags::ZF, 0);
+    // Failure: accumulator = dst (zero-extended), flags of CMP acc, dst; a register destination
+    // keeps all of its bits.
+    let mut t = Run::new(64, |c| c.cmpxchg(r9d, r12d));
+    t.cpu.gpr[reg::RAX] = 0xffff_ffff_ffff_ffff;
+    t.cpu.gpr[reg::R9] = 0xffff_ffff_ffff_fff7;
+    t.cpu.gpr[reg::R12] = 7;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0xffff_fff7);
+    assert_eq!(t.r(reg::R9), 0xffff_ffff_ffff_fff7);
+    assert_eq!(t.cpu.rflags & (rflags::ZF | rflags::CF), 0);
+    // Byte form with a high-byte destination.
+    let mut t = Run::new(64, |c| c.cmpxchg(ah, cl));
+    t.cpu.gpr[reg::RAX] = 0x4242;
+    t.cpu.gpr[reg::RCX] = 0x99;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x9942);
+}
+
+#[test]
+fn cmpxchg8b_16b_known_answers() {
+    let run16 = |addr: u64, mem_lo: u64, mem_hi: u64, acc: u64| {
+        let mut t = Run::new(64, |c| c.lock().cmpxchg16b(xmmword_ptr(rdi)));
+        t.cpu.gpr[reg::RDI] = addr;
+        t.mem.write(addr & !7, &mem_lo.to_le_bytes()).unwrap();
+        t.mem.write((addr & !7) + 8, &mem_hi.to_le_bytes()).unwrap();
+        t.cpu.gpr[reg::RAX] = acc;
+        t.cpu.gpr[reg::RDX] = 2;
+        t.cpu.gpr[reg::RBX] = 3;
+        t.cpu.gpr[reg::RCX] = 4;
+        let r = t.go();
+        (t, r)
+    };
+    let (mut t, r) = run16(0x3000, 1, 2, 1);
+    r.unwrap();
+    assert_eq!((t.m64(0x3000), t.m64(0x3008)), (3, 4));
+    assert_ne!(t.cpu.rflags & rflags::ZF, 0);
+    let (mut t, r) = run16(0x3000, 1, 5, 1);
+    r.unwrap();
+    assert_eq!((t.m64(0x3000), t.m64(0x3008)), (1, 5));
+    assert_eq!((t.r(reg::RAX), t.r(reg::RDX)), (1, 5));
+    assert_eq!(t.cpu.rflags & rflags::ZF, 0);
+    // Not 16-byte aligned: #GP(0) even for an 8-aligned operand, nothing written.
+    let (mut t, r) = run16(0x3008, 1, 2, 1);
+    assert_eq!(
+        r,
+        Err(Exception::Cpu {
+            vector: GP,
+            error: Some(0)
+        })
+    );
+    assert_eq!(t.m64(0x3008), 1);
+    assert_eq!(t.cpu.rip, CODE);
+
+    // CMPXCHG8B: EDX:EAX vs m64; failure loads EDX:EAX (zero-extended), only ZF changes.
+    let mut t = Run::new(64, |c| c.cmpxchg8b(qword_ptr(rdi)));
+    t.cpu.gpr[reg::RDI] = 0x3000;
+    t.mem
+        .write(0x3000, &0x1111_2222_3333_4444u64.to_le_bytes())
+        .unwrap();
+    t.cpu.gpr[reg::RAX] = 0xffff_0000_3333_4444;
+    t.cpu.gpr[reg::RDX] = 0xffff_0000_1111_2222;
+    t.cpu.gpr[reg::RBX] = 0xdead_0000_5555_6666;
+    t.cpu.gpr[reg::RCX] = 0xdead_0000_7777_8888;
+    t.cpu.rflags |= rflags::CF;
+    t.go().unwrap();
+    assert_eq!(t.m64(0x3000), 0x7777_8888_5555_6666);
+    assert_eq!(t.r(reg::RAX), 0xffff_0000_3333_4444);
+    assert_eq!(
+        t.cpu.rflags & (rflags::ZF | rflags::CF),
+        rflags::ZF | rflags::CF
+    );
+    t.cpu.rip = CODE;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x5555_6666);
+    assert_eq!(t.r(reg::RDX), 0x7777_8888);
+    assert_eq!(t.cpu.rflags & rflags::ZF, 0);
+}
+
+#[test]
+fn movbe_known_answers() {
+    let mut t = Run::new(64, |c| {
+        c.movbe(eax, dword_ptr(rdi))?;
+        c.movbe(bx, word_ptr(rdi))?;
+        c.movbe(qword_ptr(rdi + 8), rcx)
+    });
+    t.cpu.gpr[reg::RDI] = 0x3000;
+    t.mem.write(0x3000, &[0x11, 0x22, 0x33, 0x44]).unwrap();
+    t.cpu.gpr[reg::RAX] = u64::MAX;
+    t.cpu.gpr[reg::RBX] = u64::MAX;
+    t.cpu.gpr[reg::RCX] = 0x0102_0304_0506_0708;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x1122_3344);
+    assert_eq!(t.r(reg::RBX), 0xffff_ffff_ffff_1122);
+    assert_eq!(t.m64(0x3008), 0x0807_0605_0403_0201);
+}

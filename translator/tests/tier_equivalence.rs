@@ -856,3 +856,33 @@ fn alignment_checks_in_both_tiers() {
     let exit = run_compiled(&mut armed, &mut mem0.clone(), &block);
     assert!(matches!(exit.exception, Some(Exception::Internal(_))));
 }
+
+#[test]
+fn exchange_family() {
+    let cases: &[(&str, Build)] = &[
+        ("xadd8", |c| c.xadd(al, bl)),
+        ("xadd16", |c| c.xadd(ax, bx)),
+        ("xadd32 same", |c| c.xadd(eax, eax)),
+        ("xadd64 mem", |c| c.lock().xadd(qword_ptr(rsi), rbx)),
+        ("cmpxchg8 high", |c| c.cmpxchg(ah, bl)),
+        ("cmpxchg16", |c| c.cmpxchg(cx, bx)),
+        ("cmpxchg32", |c| c.cmpxchg(ecx, ebx)),
+        ("cmpxchg64", |c| c.cmpxchg(rcx, rbx)),
+        ("cmpxchg32 mem", |c| c.lock().cmpxchg(dword_ptr(rsi), ebx)),
+        ("cmpxchg64 mem", |c| c.cmpxchg(qword_ptr(rsi), rbx)),
+        ("cmpxchg then jz", |c| {
+            c.cmpxchg(qword_ptr(rsi), rbx)?;
+            c.setz(dl)?;
+            c.adc(rdx, 0)
+        }),
+        ("cmpxchg8b", |c| c.lock().cmpxchg8b(qword_ptr(rsi))),
+        ("cmpxchg16b", |c| c.cmpxchg16b(xmmword_ptr(rsi))),
+        ("cmpxchg16b misaligned", |c| {
+            c.cmpxchg16b(xmmword_ptr(rsi + 8))
+        }),
+        ("movbe16", |c| c.movbe(bx, word_ptr(rsi))),
+        ("movbe32", |c| c.movbe(ebx, dword_ptr(rsi + 1))),
+        ("movbe64 store", |c| c.movbe(qword_ptr(rdi), rax)),
+    ];
+    family(cases, false, 100);
+}

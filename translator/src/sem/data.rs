@@ -1,4 +1,4 @@
-//! Data movement: MOV, MOVZX/MOVSX/MOVSXD, LEA, XCHG, BSWAP, CMOVcc, SETcc.
+//! Data movement: MOV, MOVZX/MOVSX/MOVSXD, LEA, XCHG, BSWAP, MOVBE, CMOVcc, SETcc.
 
 use super::emit::{Emitter, UnOp};
 use super::operand::{effective_address, loc, Loc};
@@ -67,6 +67,19 @@ pub fn bswap<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception>
         32 => e.shr_i(s, 32),
         _ => e.imm(0),
     };
+    dst.write(e, r)
+}
+
+/// MOVBE: a load or store with the bytes of the 16-, 32- or 64-bit operand reversed (one side
+/// is always memory). A 16-bit register destination keeps its upper bits, a 32-bit one is
+/// zero-extended, as for MOV.
+pub fn movbe<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let dst = loc(e, insn, 0)?;
+    let src = loc(e, insn, 1)?;
+    let w = width0::<E>(insn, &dst)?;
+    let v = src.read(e, w)?;
+    let s = e.un(UnOp::Bswap, v);
+    let r = e.shr_i(s, 64 - w);
     dst.write(e, r)
 }
 

@@ -35,6 +35,7 @@
 //! system instructions (trapped to the monitor), segment limit checks, #AC, LOCK atomicity for SMP.
 
 pub mod alu;
+pub mod atomic;
 pub mod bits;
 pub mod control;
 pub mod data;
@@ -129,6 +130,10 @@ pub fn execute<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exceptio
         M::Lea => data::lea(e, insn),
         M::Xchg => data::xchg(e, insn),
         M::Bswap => data::bswap(e, insn),
+        M::Movbe => data::movbe(e, insn),
+        M::Xadd => atomic::xadd(e, insn),
+        M::Cmpxchg => atomic::cmpxchg(e, insn),
+        M::Cmpxchg8b | M::Cmpxchg16b => atomic::cmpxchg_wide(e, insn),
         M::Cmovo
         | M::Cmovno
         | M::Cmovb
