@@ -748,3 +748,82 @@ fn movbe_known_answers() {
     assert_eq!(t.r(reg::RBX), 0xffff_ffff_ffff_1122);
     assert_eq!(t.m64(0x3008), 0x0807_0605_0403_0201);
 }
+
+#[test]
+fn enter_levels_and_leave() {
+    // Level 0: push rbp; rbp = frame; rsp -= alloc. LEAVE undoes it.
+    let mut t = Run::new(64, |c| {
+        c.enter(0x10u32, 0u32)?;
+        c.mov(rbx, rsp)?;
+        c.leave()
+    });
+    t.cpu.gpr[reg::RBP] = 0x1111;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RBX), STACK - 8 - 0x10);
+    assert_eq!(t.m64(STACK - 8), 0x1111);
+    assert_eq!((t.r(reg::RSP), t.r(reg::RBP)), (STACK, 0x1111));
+
+    // Level 1: the frame pointer is pushed as well.
+    let mut t = Run::new(64, |c| c.enter(8u32, 1u32));
+    t.cpu.gpr[reg::RBP] = 0x2222;
+    t.go().unwrap();
+    let frame = STACK - 8;
+    assert_eq!(t.m64(frame), 0x2222);
+    assert_eq!(t.m64(frame - 8), frame);
+    assert_eq!((t.r(reg::RBP), t.r(reg::RSP)), (frame, frame - 8 - 8));
+
+    // Level 3: two enclosing frame pointers copied from [rbp-8], [rbp-16]; level mod 32.
+    let mut t = Run::new(64, |c| c.enter(0u32, 35u32));
+    t.cpu.gpr[reg::RBP] = 0x6000;
+    t.mem.write(0x6000 - 8, &0xaaaau64.to_le_bytes()).unwrap();
+    t.mem.write(0x6000 - 16, &0xbbbbu64.to_le_bytes()).unwrap();
+    t.go().unwrap();
+    assert_eq!(t.m64(frame), 0x6000);
+    assert_eq!(t.m64(frame - 8), 0xaaaa);
+    assert_eq!(t.m64(frame - 16), 0xbbbb);
+    assert_eq!(t.m64(frame - 24), frame);
+    assert_eq!((t.r(reg::RBP), t.r(reg::RSP)), (frame, frame - 24));
+
+    // A copy source that overlaps the freshly pushed rBP reads the new bytes (SDM order).
+    let mut t = Run::new(64, |c| c.enter(0u32, 2u32));
+    t.cpu.gpr[reg::RBP] = STACK; // [rbp - 8] is the slot rBP itself is pushed to
+    t.go().unwrap();
+    assert_eq!(t.m64(frame - 8), STACK);
+
+    // 32-bit mode, operand size 32.
+    let mut t = Run::new(32, |c| c.enter(4u32, 2u32));
+    t.cpu.gpr[reg::RBP] = 0x6000;
+    t.mem.write(0x6000 - 4, &0xccccu32.to_le_bytes()).unwrap();
+    t.go().unwrap();
+    let f32 = STACK - 4;
+    assert_eq!(t.m64(f32) & 0xffff_ffff, 0x6000);
+    assert_eq!(t.m64(f32 - 4) & 0xffff_ffff, 0xcccc);
+    assert_eq!(t.m64(f32 - 8) & 0xffff_ffff, f32);
+    assert_eq!((t.r(reg::RBP), t.r(reg::RSP)), (f32, f32 - 8 - 4));
+
+    // A fault on the lowest slot leaves everything unchanged (probed before the first store).
+    let mut t = Run::new(64, |c| c.enter(0u32, 3u32));
+    t.cpu.gpr[reg::RBP] = 0x6000;
+    t.cpu.gpr[reg::RSP] = 0x10;
+    let before = (t.cpu.clone(), t.mem.clone());
+    assert!(matches!(t.go(), Err(Exception::Memory(_))));
+    assert_eq!(t.cpu, before.0);
+    assert!(t.mem == before.1);
+}
+
+#[test]
+fn xlat_known_answers() {
+    let mut t = Run::new(64, |c| {
+        c.xlatb()?;
+        c.mov(ecx, eax)?;
+        c.mov(al, 0xff)?;
+        c.xlatb()
+    });
+    t.cpu.gpr[reg::RBX] = 0x3000;
+    t.cpu.gpr[reg::RAX] = 0xaabb_cc05;
+    t.mem.bytes[0x3005] = 0x42;
+    t.mem.bytes[0x30ff] = 0x99;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RCX), 0xaabb_cc42);
+    assert_eq!(t.r(reg::RAX), 0xaabb_cc99);
+}

@@ -886,3 +886,27 @@ fn exchange_family() {
     ];
     family(cases, false, 100);
 }
+
+#[test]
+fn enter_and_xlat_family() {
+    let cases: &[(&str, Build)] = &[
+        ("enter 0", |c| c.enter(0x18u32, 0u32)),
+        ("enter 1", |c| c.enter(3u32, 1u32)),
+        ("enter 3 leave", |c| {
+            c.mov(rbp, rsi)?;
+            c.add(rbp, 0x40)?;
+            c.enter(0x20u32, 3u32)?;
+            c.mov(rax, qword_ptr(rsp + 0x20))?;
+            c.leave()
+        }),
+        ("enter overlap", |c| {
+            c.mov(rbp, rsp)?;
+            c.enter(0u32, 4u32)
+        }),
+        ("xlat", |c| {
+            c.mov(rbx, rsi)?;
+            c.xlatb()
+        }),
+    ];
+    family(cases, false, 50);
+}

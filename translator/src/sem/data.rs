@@ -1,8 +1,9 @@
-//! Data movement: MOV, MOVZX/MOVSX/MOVSXD, LEA, XCHG, BSWAP, MOVBE, CMOVcc, SETcc.
+//! Data movement: MOV, MOVZX/MOVSX/MOVSXD, LEA, XCHG, BSWAP, MOVBE, XLAT, CMOVcc, SETcc.
 
 use super::emit::{Emitter, UnOp};
-use super::operand::{effective_address, loc, Loc};
+use super::operand::{effective_address, loc, write_reg_bits, Loc};
 use super::{flags, width0, Exception};
+use crate::state::reg::RAX;
 use iced_x86::{Instruction, Mnemonic};
 
 /// MOV between general registers, memory and immediates.
@@ -68,6 +69,14 @@ pub fn bswap<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception>
         _ => e.imm(0),
     };
     dst.write(e, r)
+}
+
+/// XLAT/XLATB: AL = [seg:rBX + AL] (AL unsigned, address size wrap; DS unless overridden).
+pub fn xlat<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let src = loc(e, insn, 0)?;
+    let v = src.read(e, 8)?;
+    write_reg_bits(e, RAX, 8, v);
+    Ok(())
 }
 
 /// MOVBE: a load or store with the bytes of the 16-, 32- or 64-bit operand reversed (one side

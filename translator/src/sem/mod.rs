@@ -202,6 +202,8 @@ pub fn execute<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exceptio
         M::Push => stack::push(e, insn),
         M::Pop => stack::pop(e, insn),
         M::Leave => stack::leave(e, insn),
+        M::Enter => stack::enter(e, insn),
+        M::Xlatb => data::xlat(e, insn),
         M::Pushf | M::Pushfd | M::Pushfq => stack::pushf(e, insn),
         M::Popf | M::Popfd | M::Popfq => stack::popf(e, insn),
         M::Cbw | M::Cwde | M::Cdqe => misc::sign_extend_acc(e, insn),

@@ -1,4 +1,5 @@
-//! Stack instructions: PUSH, POP, LEAVE, PUSHF, POPF, and the push/pop helpers CALL/RET use.
+//! Stack instructions: PUSH, POP, ENTER, LEAVE, PUSHF, POPF, and the push/pop helpers CALL/RET
+//! use.
 //!
 //! The stack pointer is RSP in 64-bit mode, else ESP or SP by SS.B; stack addresses are SS
 //! relative (a non-canonical one raises #SS(0)). Every push stores before RSP changes, so a
@@ -6,7 +7,9 @@
 
 use super::emit::{BinOp, Emitter, Seg};
 use super::flags::{self, ARITH};
-use super::operand::{gpr_of, linear, load, loc, mem_linear, read_reg_bits, store, write_reg_bits};
+use super::operand::{
+    check_alignment, gpr_of, linear, load, loc, mem_linear, read_reg_bits, store, write_reg_bits,
+};
 use super::Exception;
 use crate::state::reg::{RBP, RSP};
 use crate::state::rflags;
@@ -86,9 +89,81 @@ pub fn pop<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     }
 }
 
+/// ENTER alloc, level: pushes the frame pointer, copies `level - 1` frame pointers of the
+/// enclosing frames (read at rBP - i * size), pushes the new frame pointer when `level` > 0,
+/// then rBP = the frame (FrameTemp) and the stack pointer drops by `alloc` more (SDM ENTER;
+/// `level` is taken modulo 32).
+///
+/// Precise: every read, every canonical check and a probe of the lowest slot come before the
+/// first store (the slots share one alignment, so the first store's #AC check covers all), and
+/// the first store is the highest slot. The copies are read again after the rBP push, which
+/// they can overlap (found by difftest: the CPU reads the freshly pushed bytes). rBP is written at the operand size (as QEMU and Bochs
+/// do; only the 16-bit form in 64-bit mode differs from a full write).
+pub fn enter<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let bytes = match insn.code() {
+        iced_x86::Code::Enterw_imm16_imm8 => 2,
+        iced_x86::Code::Enterd_imm16_imm8 => 4,
+        iced_x86::Code::Enterq_imm16_imm8 => 8,
+        _ => return Err(Exception::Unimplemented(insn.mnemonic())),
+    };
+    let alloc = u64::from(insn.immediate16());
+    let level = u64::from(insn.immediate8_2nd() & 31);
+    let sbits = e.stack_bits();
+    let s = sp(e);
+    let frame = sp_plus(e, s, -i64::from(bytes));
+    // Enclosing frame-pointer slots: read once as a check before anything is written, and
+    // again in SDM order after the push of rBP (which they may overlap) for their values.
+    let bp = read_reg_bits(e, RBP, sbits);
+    let mut sources = Vec::new();
+    for i in 1..level {
+        let a = sp_plus(e, bp, -((i * u64::from(bytes)) as i64));
+        let a = linear(e, Seg::Ss, a)?;
+        load(e, a, bytes as u8)?;
+        sources.push(a);
+    }
+    // Slot k (0 = old rBP, 1..level-1 = copies, level = FrameTemp) at frame - k * size.
+    let mut slots = Vec::new();
+    for k in 0..=level {
+        let a = sp_plus(e, frame, -((k * u64::from(bytes)) as i64));
+        slots.push(linear(e, Seg::Ss, a)?);
+    }
+    if let (true, Some(&lowest)) = (level > 0, slots.last()) {
+        // A missing lowest slot faults here, before the first store.
+        load(e, lowest, 1)?;
+    }
+    let below = level * u64::from(bytes) + alloc;
+    let new_sp = sp_plus(e, frame, -(below as i64));
+    let top = linear(e, Seg::Ss, new_sp)?;
+    let old_bp = read_reg_bits(e, RBP, bytes * 8);
+    let mut slots = slots.into_iter();
+    if let Some(a) = slots.next() {
+        store(e, a, old_bp, bytes as u8)?;
+    }
+    for (src, dst) in sources.into_iter().zip(slots.by_ref()) {
+        let v = load(e, src, bytes as u8)?;
+        store(e, dst, v, bytes as u8)?;
+    }
+    if let Some(a) = slots.next() {
+        store(e, a, frame, bytes as u8)?;
+    }
+    // The CPU also alignment-checks the new stack top as an operand-size access, after the
+    // frame is written (found by difftest on AMD: `enter 0x3d, 2` with AC set raises #AC for
+    // the misaligned final RSP with the three slots already stored). Registers are unchanged.
+    check_alignment(e, top, bytes as u8)?;
+    write_reg_bits(e, RBP, bytes * 8, frame);
+    set_sp(e, new_sp);
+    Ok(())
+}
+
 /// LEAVE: the stack pointer takes the frame pointer, then the frame pointer is popped.
 pub fn leave<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
-    let bytes = size(insn)?;
+    // iced reports no fixed stack-pointer increment for LEAVE (it depends on rBP).
+    let bytes = match insn.code() {
+        iced_x86::Code::Leavew => 2,
+        iced_x86::Code::Leaved => 4,
+        iced_x86::Code::Leaveq => 8,
+        _ => return Err(Exception::Unimplemented(insn.mnemonic())),
+    };
     let sbits = e.stack_bits();
     let bp = read_reg_bits(e, RBP, sbits);
     let addr = linear(e, Seg::Ss, bp)?;
