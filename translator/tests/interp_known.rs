@@ -827,3 +827,89 @@ fn xlat_known_answers() {
     assert_eq!(t.r(reg::RCX), 0xaabb_cc42);
     assert_eq!(t.r(reg::RAX), 0xaabb_cc99);
 }
+
+#[test]
+fn rep_strings_count_direction_and_overlap() {
+    // rep movsb with count 0: nothing happens, flags untouched, RIP moves on.
+    let mut t = Run::new(64, |c| c.rep().movsb());
+    t.cpu.gpr[reg::RCX] = 0;
+    t.cpu.gpr[reg::RSI] = 0x3000;
+    t.cpu.gpr[reg::RDI] = 0x3100;
+    t.cpu.rflags |= rflags::CF;
+    let before = t.cpu.clone();
+    t.go().unwrap();
+    assert_eq!(t.cpu.rip, t.end);
+    assert_eq!((t.cpu.gpr, t.cpu.rflags), (before.gpr, before.rflags));
+
+    // One element per step; RIP stays on the instruction until the count runs out.
+    let mut t = Run::new(64, |c| c.rep().movsb());
+    t.mem.bytes[0x3000..0x3008].copy_from_slice(b"abcdefgh");
+    t.cpu.gpr[reg::RCX] = 8;
+    t.cpu.gpr[reg::RSI] = 0x3000;
+    t.cpu.gpr[reg::RDI] = 0x3002; // overlapping forward copy smears the first two bytes
+    step(&mut t.cpu, &mut t.mem).unwrap();
+    assert_eq!((t.cpu.rip, t.r(reg::RCX)), (CODE, 7));
+    t.go().unwrap();
+    assert_eq!(&t.mem.bytes[0x3000..0x300a], b"ababababab");
+    assert_eq!(
+        (t.r(reg::RCX), t.r(reg::RSI), t.r(reg::RDI)),
+        (0, 0x3008, 0x300a)
+    );
+
+    // DF set: rep stosd walks down; 32-bit address size (0x67) wraps EDI and zero-extends it.
+    let mut t = Run::new(64, |c| {
+        c.std()?;
+        c.rep().stosd()?;
+        c.cld()
+    });
+    t.cpu.gpr[reg::RAX] = 0x1122_3344;
+    t.cpu.gpr[reg::RCX] = 2;
+    t.cpu.gpr[reg::RDI] = 0x3008;
+    t.go().unwrap();
+    assert_eq!(t.m64(0x3004), 0x1122_3344_1122_3344);
+    assert_eq!(t.r(reg::RDI), 0x3000);
+    let mut t = Run::bytes(64, &[0x67, 0xf3, 0xaa]); // rep stosb with EDI/ECX
+    t.cpu.gpr[reg::RDI] = 0xffff_ffff_0000_3000;
+    t.cpu.gpr[reg::RCX] = 0xffff_ffff_0000_0002;
+    t.cpu.gpr[reg::RAX] = 0x5a;
+    t.go().unwrap();
+    assert_eq!(&t.mem.bytes[0x3000..0x3002], &[0x5a, 0x5a]);
+    assert_eq!((t.r(reg::RDI), t.r(reg::RCX)), (0x3002, 0));
+
+    // lodsw merges into AX; repe cmpsb stops at the first difference; repne scasb at a match.
+    let mut t = Run::new(64, |c| {
+        c.lodsw()?;
+        c.mov(rsi, 0x3000u64)?;
+        c.mov(ecx, 8)?;
+        c.repe().cmpsb()?;
+        c.mov(r8, rcx)?;
+        c.mov(rdi, 0x3000u64)?;
+        c.mov(ecx, 8)?;
+        c.mov(al, b'd' as u32)?;
+        c.repne().scasb()
+    });
+    t.mem.bytes[0x3000..0x3008].copy_from_slice(b"abcdefgh");
+    t.mem.bytes[0x3100..0x3108].copy_from_slice(b"abcXefgh");
+    t.cpu.gpr[reg::RAX] = 0xffff_ffff_ffff_ffff;
+    t.cpu.gpr[reg::RSI] = 0x3000;
+    t.cpu.gpr[reg::RDI] = 0x3100;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::R8), 4); // four compared, the fourth differs
+    assert_eq!(t.r(reg::RSI), 0x3004);
+    assert_eq!(t.r(reg::RCX), 4); // 'd' found as the fourth byte
+    assert_eq!(t.r(reg::RDI), 0x3004);
+    assert_ne!(t.cpu.rflags & rflags::ZF, 0);
+    assert_eq!(t.r(reg::RAX) & 0xffff_ffff_ffff_ff00, 0xffff_ffff_ffff_6200);
+
+    // A fault in iteration 3 leaves the registers as after iteration 2, RIP on the instruction.
+    let mut t = Run::new(64, |c| c.rep().movsq());
+    t.cpu.gpr[reg::RCX] = 5;
+    t.cpu.gpr[reg::RSI] = 0x3000;
+    t.cpu.gpr[reg::RDI] = 0xfff0;
+    assert!(matches!(t.go(), Err(Exception::Memory(_))));
+    assert_eq!(t.cpu.rip, CODE);
+    assert_eq!(
+        (t.r(reg::RCX), t.r(reg::RSI), t.r(reg::RDI)),
+        (3, 0x3010, 0x10000)
+    );
+}

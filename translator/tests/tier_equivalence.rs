@@ -910,3 +910,67 @@ fn enter_and_xlat_family() {
     ];
     family(cases, false, 50);
 }
+
+#[test]
+fn string_family_block_by_block() {
+    let mut jit = Jit::new().unwrap();
+    let builds: &[(&str, Build)] = &[
+        ("rep movsb overlap", |c| {
+            c.lea(rdi, qword_ptr(rsi + 3))?;
+            c.rep().movsb()
+        }),
+        ("std rep movsw", |c| {
+            c.std()?;
+            c.rep().movsw()?;
+            c.cld()
+        }),
+        ("rep stosq then add", |c| {
+            c.rep().stosq()?;
+            c.add(rax, rdi)
+        }),
+        ("lods", |c| {
+            c.lodsb()?;
+            c.lodsd()?;
+            c.lodsw()
+        }),
+        ("repe cmpsd", |c| {
+            c.cmp(eax, ebx)?;
+            c.repe().cmpsd()?;
+            c.setb(dl)
+        }),
+        ("repne scasb", |c| c.repne().scasb()),
+        ("repne scasq", |c| c.repne().scasq()),
+        ("movsq no rep", |c| c.movsq()),
+    ];
+    for (name, build) in builds {
+        let (c0, mut mem, end) = program(64, build);
+        let mut rng = Rng(0x5eed ^ name.len() as u64);
+        for i in 0..40 {
+            let a = rng.next() % 256;
+            let mut c = state(64, &mut rng, a, 0, i % 2 == 0);
+            c.rip = c0.rip;
+            c.gpr[reg::RCX] = rng.next() % 24;
+            if i % 3 == 0 {
+                c.gpr[reg::RAX] &= 0xff;
+            }
+            for b in mem.bytes[DATA as usize..DATA as usize + 0x300].iter_mut() {
+                *b = (rng.next() % 4) as u8;
+            }
+            let (ci, mi, ei) = run_program(&mut jit, name, c.clone(), mem.clone(), end);
+            // The same program stepped by the interpreter alone.
+            let (mut c_step, mut m_step) = (c.clone(), mem.clone());
+            let mut e_step = None;
+            for _ in 0..10_000 {
+                if c_step.rip == end {
+                    break;
+                }
+                if let Err(e) = ringzero_translator::interp::step(&mut c_step, &mut m_step) {
+                    e_step = Some(e);
+                    break;
+                }
+            }
+            assert_eq!((ci, ei), (c_step, e_step), "{name} #{i}");
+            assert!(mi == m_step, "{name} #{i}: memory");
+        }
+    }
+}

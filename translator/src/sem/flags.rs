@@ -234,16 +234,20 @@ pub fn arith_bits<E: Emitter>(e: &mut E) -> E::V {
             let r = e.rflags();
             e.and_i(r, ARITH)
         }
-        FlagState::Lazy(l) => {
-            let mut acc = e.imm(0);
-            for f in [Flag::Cf, Flag::Pf, Flag::Af, Flag::Zf, Flag::Sf, Flag::Of] {
-                let v = compute_lazy(e, &l, f);
-                let v = e.shl_i(v, f.bit());
-                acc = e.or(acc, v);
-            }
-            acc
-        }
+        FlagState::Lazy(l) => lazy_arith_bits(e, &l),
     }
+}
+
+/// The six arithmetic flags `l` describes, in their RFLAGS positions (other bits 0), without
+/// touching the emitter's flag state (usable inside an [`Emitter::if_then`] body).
+pub fn lazy_arith_bits<E: Emitter>(e: &mut E, l: &Lazy<E::V>) -> E::V {
+    let mut acc = e.imm(0);
+    for f in [Flag::Cf, Flag::Pf, Flag::Af, Flag::Zf, Flag::Sf, Flag::Of] {
+        let v = compute_lazy(e, l, f);
+        let v = e.shl_i(v, f.bit());
+        acc = e.or(acc, v);
+    }
+    acc
 }
 
 /// Folds any lazy flags into RFLAGS and returns the complete RFLAGS value.

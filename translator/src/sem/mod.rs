@@ -46,6 +46,7 @@ pub mod muldiv;
 pub mod operand;
 pub mod shift;
 pub mod stack;
+pub mod string;
 
 pub use emit::{BinOp, Emitter, Seg, UnOp};
 pub use flags::{CcOp, Flag, FlagState, Lazy};
@@ -211,6 +212,26 @@ pub fn execute<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exceptio
         M::Lahf => misc::lahf(e),
         M::Sahf => misc::sahf(e),
         M::Clc | M::Stc | M::Cmc | M::Cld | M::Std => misc::flag_op(e, insn),
+        M::Movsb
+        | M::Movsw
+        | M::Movsd
+        | M::Movsq
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Stosq
+        | M::Lodsb
+        | M::Lodsw
+        | M::Lodsd
+        | M::Lodsq
+        | M::Cmpsb
+        | M::Cmpsw
+        | M::Cmpsd
+        | M::Cmpsq
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd
+        | M::Scasq => string::string(e, insn),
         M::Nop | M::Pause => Ok(()),
         M::Ud0 | M::Ud1 | M::Ud2 => Err(Exception::cpu(UD)),
         M::Int3 => Err(Exception::cpu(BP)),
