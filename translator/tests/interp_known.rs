@@ -913,3 +913,77 @@ fn rep_strings_count_direction_and_overlap() {
         (3, 0x3010, 0x10000)
     );
 }
+
+#[test]
+fn bcd_adjustments_in_32_bit_mode() {
+    const SZAPC: u64 = rflags::SF | rflags::ZF | rflags::AF | rflags::PF | rflags::CF;
+    // SDM DAA example: 79h + 35h = AEh, DAA gives 14h with CF, AF, PF.
+    let mut t = Run::new(32, |c| {
+        c.add(al, bl)?;
+        c.daa()
+    });
+    t.cpu.gpr[reg::RAX] = 0x79;
+    t.cpu.gpr[reg::RBX] = 0x35;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x14);
+    assert_eq!(t.cpu.rflags & SZAPC, rflags::AF | rflags::PF | rflags::CF);
+    // SDM DAS example: 35h - 47h = EEh, DAS gives 88h with SF, AF, PF, CF.
+    let mut t = Run::new(32, |c| {
+        c.sub(al, bl)?;
+        c.das()
+    });
+    t.cpu.gpr[reg::RAX] = 0x35;
+    t.cpu.gpr[reg::RBX] = 0x47;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x88);
+    assert_eq!(
+        t.cpu.rflags & SZAPC,
+        rflags::SF | rflags::AF | rflags::PF | rflags::CF
+    );
+    // AAA: 9 + 8 = 11h with AF, adjusted to AX = 0107h; AAS: 03h - 08h in AX = 0203h -> 0105h.
+    let mut t = Run::new(32, |c| {
+        c.add(al, bl)?;
+        c.aaa()?;
+        c.mov(ecx, eax)?;
+        c.mov(eax, 0x0203)?;
+        c.sub(al, 8)?;
+        c.aas()
+    });
+    t.cpu.gpr[reg::RAX] = 9;
+    t.cpu.gpr[reg::RBX] = 8;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RCX), 0x0107);
+    assert_eq!(t.r(reg::RAX), 0x0105);
+    assert_eq!(
+        t.cpu.rflags & (rflags::AF | rflags::CF),
+        rflags::AF | rflags::CF
+    );
+    // AAA without adjustment clears CF and AF and only masks AL.
+    let mut t = Run::new(32, |c| {
+        c.stc()?;
+        c.aaa()
+    });
+    t.cpu.gpr[reg::RAX] = 0x1234_5634;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RAX), 0x1234_5604);
+    assert_eq!(t.cpu.rflags & (rflags::AF | rflags::CF), 0);
+    // AAM 63 -> 0603h; AAD back to 3Fh; AAM with base 0 is #DE and changes nothing.
+    let mut t = Run::new(32, |c| {
+        c.aam(10)?;
+        c.mov(ecx, eax)?;
+        c.aad(10)?;
+        c.aam(0)
+    });
+    t.cpu.gpr[reg::RAX] = 0xaaaa_003f;
+    assert_eq!(t.go(), Err(Exception::cpu(DE)));
+    assert_eq!(t.r(reg::RCX), 0xaaaa_0603);
+    assert_eq!(t.r(reg::RAX), 0xaaaa_003f);
+    assert_eq!(t.cpu.rflags & SZAPC, rflags::PF); // 3Fh: six bits set
+                                                  // 64-bit mode: the opcodes are #UD.
+    for op in [0x27u8, 0x2f, 0x37, 0x3f] {
+        let mut t = Run::bytes(64, &[op]);
+        assert_eq!(t.go(), Err(Exception::cpu(UD)), "{op:#x}");
+    }
+    let mut t = Run::bytes(64, &[0xd4, 0x0a]);
+    assert_eq!(t.go(), Err(Exception::cpu(UD)));
+}

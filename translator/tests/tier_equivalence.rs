@@ -974,3 +974,50 @@ fn string_family_block_by_block() {
         }
     }
 }
+
+#[test]
+fn bcd_family_in_32_bit_mode() {
+    let mut jit = Jit::new().unwrap();
+    let builds: &[(&str, Build)] = &[
+        ("add daa", |c| {
+            c.add(al, bl)?;
+            c.daa()
+        }),
+        ("sub das", |c| {
+            c.sub(al, bl)?;
+            c.das()
+        }),
+        ("adc aaa", |c| {
+            c.adc(al, bl)?;
+            c.aaa()
+        }),
+        ("sbb aas", |c| {
+            c.sbb(al, bl)?;
+            c.aas()
+        }),
+        ("aam aad", |c| {
+            c.aam(10)?;
+            c.aad(7)?;
+            c.aam(16)
+        }),
+        ("aam 0", |c| {
+            c.inc(eax)?;
+            c.aam(0)
+        }),
+    ];
+    for (name, build) in builds {
+        let (c0, mem, end) = program(32, build);
+        let mut rng = Rng(0xbcd ^ name.len() as u64);
+        for (a, b) in operand_pairs(rng.next(), 150) {
+            let mut c = c0.clone();
+            for r in c.gpr.iter_mut().take(8) {
+                *r = rng.next() & 0xffff_ffff;
+            }
+            c.gpr[reg::RAX] = a & 0xffff_ffff;
+            c.gpr[reg::RBX] = b & 0xffff_ffff;
+            c.gpr[reg::RSP] = STACK;
+            c.rflags = (rng.next() & ARITH) | rflags::FIXED1;
+            run_program(&mut jit, name, c, mem.clone(), end);
+        }
+    }
+}

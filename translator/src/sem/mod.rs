@@ -9,33 +9,45 @@
 //! # Precise exceptions
 //! A fault must leave the architectural state exactly as at the start of the instruction. The
 //! rule every semantics function follows: **all checks that can fault (#DE, #GP/#SS for
-//! non-canonical addresses, memory accesses) happen before the first architectural write**, and
-//! the writes come in the order memory stores, then general registers, then flags, then RIP.
-//! Instructions with several stores (CALL = push + jump, XCHG with memory) resolve and check
-//! every address and load every input first, so only the first store can fault. Lazy-flag
-//! descriptors are emitter-side data and are restored by the tier on a fault.
+//! non-canonical addresses, #AC, memory accesses) happen before the first architectural
+//! write**, and the writes come in the order memory stores, then general registers, then flags,
+//! then RIP. Instructions with several stores (CALL = push + jump, XCHG with memory, ENTER,
+//! CMPXCHG16B) resolve and check every address and load every input first, so only the first
+//! store can fault. Lazy-flag descriptors are emitter-side data and are restored by the tier on
+//! a fault. One deliberate exception, matching the CPU: ENTER's #AC on a misaligned new stack
+//! top comes after the frame is stored (registers are still unchanged).
+//!
+//! Every data access goes through [`operand::load`]/[`operand::store`], which hold the #AC
+//! check (CR0.AM and CPL 3 at translation time, [`Emitter::alignment_checks`]; RFLAGS.AC at
+//! run time).
 //!
 //! # Coverage (this increment)
-//! - Data: MOV (GPR forms), MOVZX, MOVSX, MOVSXD, LEA, XCHG, BSWAP, CMOVcc, SETcc.
+//! - Data: MOV (GPR forms), MOVZX, MOVSX, MOVSXD, LEA, XCHG, BSWAP, MOVBE, XLAT, CMOVcc, SETcc.
 //! - ALU: ADD, ADC, SUB, SBB, CMP, AND, OR, XOR, TEST, INC, DEC, NEG, NOT.
+//! - Exchanges: XADD, CMPXCHG, CMPXCHG8B, CMPXCHG16B (#GP(0) unless 16-byte aligned); LOCK is
+//!   accepted (one CPU: atomic by construction).
 //! - Shifts: SHL/SAL, SHR, SAR, ROL, ROR, RCL, RCR, SHLD, SHRD (count masking, counts 0 and 1).
 //! - MUL, IMUL (1/2/3 operands), DIV, IDIV (#DE on zero divisor and quotient overflow).
 //! - Control: JMP, Jcc, CALL, RET (near, relative, indirect, `ret imm16`), JRCXZ/JECXZ/JCXZ,
 //!   LOOP/LOOPE/LOOPNE; #GP(0) on a non-canonical target, checked before any write.
-//! - Stack: PUSH, POP (GPR, memory, immediate), LEAVE, PUSHF, POPF (CPL/IOPL rules for IF and
-//!   IOPL; virtual-8086 POPF not modelled).
+//! - Stack: PUSH, POP (GPR, memory, immediate), ENTER (any nesting level), LEAVE, PUSHF, POPF
+//!   (CPL/IOPL rules for IF and IOPL; virtual-8086 POPF not modelled).
+//! - Strings: MOVS, STOS, LODS, CMPS, SCAS with REP/REPE/REPNE, DF and 16/32/64-bit address
+//!   sizes, one element per execution ([`string`]).
 //! - Misc: CBW/CWDE/CDQE, CWD/CDQ/CQO, LAHF, SAHF, CLC, STC, CMC, CLD, STD, NOP, PAUSE, UD2
 //!   (#UD), INT3 (#BP as a trap: RIP after the instruction).
 //! - Bits: BT/BTS/BTR/BTC (register and memory, memory bit offsets beyond the operand), BSF,
 //!   BSR, TZCNT, LZCNT, POPCNT.
+//! - BCD: DAA, DAS, AAA, AAS, AAM (#DE for base 0), AAD, outside 64-bit mode ([`bcd`]).
+//! - #AC alignment checks on every data access (stack, strings, explicit operands).
 //!
 //! Everything else returns [`Exception::Unimplemented`] with the mnemonic, so gaps are visible.
-//! Left for the next increments: string instructions with REP, ENTER, XLAT, XADD, CMPXCHG*,
-//! MOVBE, BCD (DAA/DAS/AAA/AAS/AAM/AAD), segment-register moves and pushes, far transfers, the
-//! system instructions (trapped to the monitor), segment limit checks, #AC, LOCK atomicity for SMP.
+//! Left for the next increments: segment-register moves and pushes, far transfers, the system
+//! instructions (trapped to the monitor), segment limit checks, LOCK atomicity for SMP.
 
 pub mod alu;
 pub mod atomic;
+pub mod bcd;
 pub mod bits;
 pub mod control;
 pub mod data;
@@ -232,6 +244,9 @@ pub fn execute<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exceptio
         | M::Scasw
         | M::Scasd
         | M::Scasq => string::string(e, insn),
+        M::Daa | M::Das => bcd::daa_das(e, insn),
+        M::Aaa | M::Aas => bcd::aaa_aas(e, insn),
+        M::Aam | M::Aad => bcd::aam_aad(e, insn),
         M::Nop | M::Pause => Ok(()),
         M::Ud0 | M::Ud1 | M::Ud2 => Err(Exception::cpu(UD)),
         M::Int3 => Err(Exception::cpu(BP)),
