@@ -319,3 +319,24 @@ fn demo_kernel_checksum_under_every_policy() {
         assert_eq!(e, e0);
     }
 }
+
+#[test]
+fn rep_string_mid_block_matches() {
+    // A REP instruction runs one element per execution with RIP staying on it, so the engine
+    // re-dispatches the block that starts at it until the count is spent.
+    let mem = assemble(|a| {
+        a.mov(rdi, DATA)?;
+        a.mov(ecx, 100u32)?;
+        a.mov(al, 0x5a)?;
+        a.rep().stosb()?;
+        a.add(rbx, qword_ptr(DATA as i64 + 8))?;
+        a.int3()
+    });
+    for budget in [1_000, 57] {
+        let (end, _) = check_equivalent(&cpu(64), &mem, budget);
+        if budget == 1_000 {
+            assert_eq!(end.gpr[reg::RCX], 0);
+            assert_eq!(end.gpr[reg::RBX], 0x5a5a_5a5a_5a5a_5a5a);
+        }
+    }
+}
