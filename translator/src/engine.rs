@@ -63,6 +63,8 @@
 //!   every block edge, not the dispatch, is the real cost of a block loop.
 //! - An own code allocator (fed by `Context::compile`) so invalidated host code can be freed.
 //! - Background compilation (the guest waits for Cranelift today).
+//! - REP string instructions run one element per dispatch (RIP stays on them while the count
+//!   lasts): correct and interruptible, but a dispatch per element.
 //! - The inline TLB/RAM path for loads and stores in compiled code (a quarter of the demo
 //!   kernel's time is in the memory helpers), and a cheaper block entry (`run_compiled`
 //!   recomputes the mode key and builds a `RunCtx` per block).
