@@ -167,3 +167,23 @@ fn minimize(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_fail_a_run_unless_skipping_was_asked_for() {
+        let mut s = Summary {
+            cases: 10,
+            ..Summary::default()
+        };
+        assert!(s.passed(false));
+        s.gaps.insert("Xadd".into(), 2);
+        assert!(!s.passed(false));
+        assert!(s.passed(true));
+        assert!(s.report(&Tier::ALL).contains("unimplemented: Xadd=2"));
+        s.divergences = 1;
+        assert!(!s.passed(true));
+    }
+}

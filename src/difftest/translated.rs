@@ -5,11 +5,9 @@
 //! oracle lays it out: the code, then `int3` filling the code page, and the data region.
 
 use iced_x86::Mnemonic;
-use ringzero_translator::interp::{self, BlockExit};
-use ringzero_translator::jit::{self, Jit, JitError};
+use ringzero_translator::engine::{Engine, StopReason, TierPolicy};
 use ringzero_translator::mem::FlatMem;
-use ringzero_translator::sem::Exception;
-use ringzero_translator::CpuState;
+use ringzero_translator::sem::{Exception, BP};
 
 use super::{Case, Mode, Outcome, CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE};
 
@@ -35,9 +33,6 @@ impl Tier {
     }
 }
 
-/// Instructions per compiled block (a size cap like the translator's own).
-const BLOCK_CAP: usize = 32;
-
 /// Why the translator could not produce an outcome comparable with the oracle's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranslatorGap {
@@ -58,50 +53,54 @@ pub enum TranslatorGap {
 /// Instruction budget per case (the generator's loops are short and bounded).
 pub const MAX_STEPS: u64 = 100_000;
 
-/// Runs cases under the translator's tiers; owns the JIT (compiled code lives as long as it).
+/// Runs cases through the translator's execution engine, one engine per tier (interpreter only,
+/// every block compiled), so the dispatcher and code cache are checked along with the semantics.
 pub struct TranslatedRunner {
-    jit: Jit,
+    interp: Engine,
+    jit: Engine,
 }
 
 impl TranslatedRunner {
-    /// Creates the runner and its Cranelift JIT.
+    /// Creates the two engines (and the Cranelift JIT).
     pub fn new() -> Result<Self, TranslatorGap> {
-        let jit = Jit::new().map_err(|e| TranslatorGap::Internal(format!("JIT setup: {e}")))?;
-        Ok(TranslatedRunner { jit })
+        let engine =
+            |p| Engine::with_policy(p).map_err(|e| TranslatorGap::Internal(format!("engine: {e}")));
+        Ok(TranslatedRunner {
+            interp: engine(TierPolicy::InterpreterOnly)?,
+            jit: engine(TierPolicy::JitAlways)?,
+        })
     }
 
     /// Runs `case` under `tier` from the same entry state the oracle uses.
     pub fn run(&mut self, case: &Case, mode: Mode, tier: Tier) -> Result<Outcome, TranslatorGap> {
+        let engine = match tier {
+            Tier::Interpreter => &mut self.interp,
+            Tier::Jit => &mut self.jit,
+        };
+        // Every case puts new code at the same address.
+        engine.flush();
         let mut mem = case_memory(case);
         let mut cpu = case.entry_state(mode);
-        let mut exception = None;
-        let mut steps = 0u64;
-        while cpu.rip != case.end_rip() {
-            if steps >= MAX_STEPS {
-                return Err(TranslatorGap::Runaway);
+        let exit = engine.run(&mut cpu, &mut mem, MAX_STEPS);
+        let exception = match exit.reason {
+            StopReason::Budget => return Err(TranslatorGap::Runaway),
+            // The terminating int3 (a trap: RIP after it) is the normal end; report it as the
+            // oracle does, at the int3 with no exception.
+            StopReason::Exception(Exception::Cpu { vector: BP, .. })
+                if cpu.rip == case.end_rip() + 1 =>
+            {
+                cpu.rip = case.end_rip();
+                None
             }
-            let exit = match tier {
-                Tier::Interpreter => {
-                    steps += 1;
-                    interp::step(&mut cpu, &mut mem).err()
-                }
-                Tier::Jit => {
-                    let exit = self.jit_block(&mut cpu, &mut mem, case.end_rip())?;
-                    steps += exit.executed.max(1) as u64;
-                    exit.exception
-                }
-            };
-            match exit {
-                None => {}
-                Some(Exception::Cpu { vector, error }) => {
-                    exception = Some((vector, error));
-                    break;
-                }
-                Some(Exception::Unimplemented(m)) => return Err(TranslatorGap::Unimplemented(m)),
-                Some(Exception::Memory(f)) => return Err(TranslatorGap::Memory(f.to_string())),
-                Some(e) => return Err(TranslatorGap::Internal(e.to_string())),
+            StopReason::Exception(Exception::Cpu { vector, error }) => Some((vector, error)),
+            StopReason::Exception(Exception::Unimplemented(m)) => {
+                return Err(TranslatorGap::Unimplemented(m))
             }
-        }
+            StopReason::Exception(Exception::Memory(f)) => {
+                return Err(TranslatorGap::Memory(f.to_string()))
+            }
+            StopReason::Exception(e) => return Err(TranslatorGap::Internal(e.to_string())),
+        };
         let data_off = (DATA_BASE - CODE_BASE) as usize;
         Ok(Outcome {
             regs: cpu.gpr,
@@ -110,46 +109,6 @@ impl TranslatedRunner {
             data: mem.bytes[data_off..data_off + DATA_SIZE as usize].to_vec(),
             exception,
         })
-    }
-
-    /// Compiles the block at RIP (stopping before the terminating `int3`) and runs it; an
-    /// instruction the JIT refuses as the first of a block runs in the interpreter, as the
-    /// dispatcher will do.
-    fn jit_block(
-        &mut self,
-        cpu: &mut CpuState,
-        mem: &mut FlatMem,
-        end_rip: u64,
-    ) -> Result<BlockExit, TranslatorGap> {
-        let mut insns = match jit::decode_block(cpu, mem, BLOCK_CAP) {
-            Ok(i) => i,
-            Err(e) => {
-                return Ok(BlockExit {
-                    executed: 0,
-                    exception: Some(e),
-                })
-            }
-        };
-        if let Some(end) = insns.iter().position(|i| i.ip() == end_rip) {
-            insns.truncate(end);
-        }
-        if insns.is_empty() {
-            return Err(TranslatorGap::Internal("empty block before the end".into()));
-        }
-        match self.jit.compile_block(&insns, cpu) {
-            Ok(block) => Ok(jit::run_compiled(cpu, mem, &block)),
-            Err(JitError::Unsupported(_)) => Ok(match interp::step(cpu, mem) {
-                Ok(()) => BlockExit {
-                    executed: 1,
-                    exception: None,
-                },
-                Err(e) => BlockExit {
-                    executed: 0,
-                    exception: Some(e),
-                },
-            }),
-            Err(e) => Err(TranslatorGap::Internal(format!("JIT: {e}"))),
-        }
     }
 }
 
