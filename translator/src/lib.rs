@@ -6,8 +6,10 @@
 //! Cranelift tier ([`jit`]) that compiles blocks of the same semantics to host code and returns
 //! the same [`interp::BlockExit`]. The execution [`engine`] caches decoded blocks, dispatches
 //! them with successor memos instead of hash lookups on the hot path, and compiles a block once
-//! its measured execution count reaches the tier-up threshold. The MMU lands in a later
-//! increment.
+//! its measured execution count reaches the tier-up threshold. Every instruction the difftest
+//! generator produces in 64-bit mode agrees with the real CPU on both tiers (`ringzero
+//! difftest`). Not yet: the system instructions and traps, the MMU, self-modifying-code
+//! detection, the instruction trace, and x87/SSE (see the translator issues).
 
 #![warn(missing_docs)]
 

@@ -28,8 +28,8 @@
 //! inline TLB hit path replaces them with the MMU increment, behind the same call boundary.
 //!
 //! # Left
-//! - Code cache, dispatch loop, chaining and tier-up by execution counts (the cache key is
-//!   [`BlockKey`]; code-page write tracking for invalidation).
+//! - Code-page write tracking for invalidation on the store path (the cache, dispatch, successor
+//!   memos and tier-up live in [`crate::engine`]).
 //! - Hot regions: loops compiled as one function (a back edge to the block start could jump
 //!   to the loop header instead of exiting, with an exit-request check for interrupts).
 //! - Code memory: `cranelift-jit` maps pages per `finalize_definitions` and never frees a
