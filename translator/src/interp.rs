@@ -134,26 +134,9 @@ impl Emitter for Interp<'_> {
     }
 
     fn div_wide(&mut self, signed: bool, hi: u64, lo: u64, d: u64) -> (u64, u64, u64) {
-        let n = (u128::from(hi) << 64) | u128::from(lo);
-        if d == 0 {
-            return (0, 0, 1);
-        }
-        if signed {
-            let n = n as i128;
-            let d = i128::from(d as i64);
-            // |n| < 2^127 and |d| >= 1, so only i128::MIN / -1 could overflow i128 itself.
-            match (n.checked_div(d), n.checked_rem(d)) {
-                (Some(q), Some(r)) if i128::from(q as i64) == q => (q as u64, r as u64, 0),
-                _ => (0, 0, 1),
-            }
-        } else {
-            let d = u128::from(d);
-            let q = n / d;
-            if q >> 64 != 0 {
-                (0, 0, 1)
-            } else {
-                (q as u64, (n % d) as u64, 0)
-            }
+        match crate::sem::muldiv::divide_wide(signed, hi, lo, d) {
+            Some((q, r)) => (q, r, 0),
+            None => (0, 0, 1),
         }
     }
 

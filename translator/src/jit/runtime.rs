@@ -86,7 +86,7 @@ pub unsafe extern "C" fn jit_div_wide(
 ) -> u64 {
     // SAFETY: as in jit_load.
     let ctx = unsafe { &mut *ctx };
-    match div_wide(signed != 0, hi, lo, d) {
+    match crate::sem::muldiv::divide_wide(signed != 0, hi, lo, d) {
         Some((q, r)) => {
             ctx.div_q = q;
             ctx.div_r = r;
@@ -96,29 +96,11 @@ pub unsafe extern "C" fn jit_div_wide(
     }
 }
 
-/// The 128/64 division itself: `None` when x86 raises #DE.
-pub fn div_wide(signed: bool, hi: u64, lo: u64, d: u64) -> Option<(u64, u64)> {
-    let n = (u128::from(hi) << 64) | u128::from(lo);
-    if d == 0 {
-        return None;
-    }
-    if signed {
-        let n = n as i128;
-        let d = i128::from(d as i64);
-        let q = n.checked_div(d)?;
-        let r = n.checked_rem(d)?;
-        (i128::from(q as i64) == q).then_some((q as u64, r as u64))
-    } else {
-        let d = u128::from(d);
-        let q = n / d;
-        (q >> 64 == 0).then_some((q as u64, (n % d) as u64))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mem::FlatMem;
+    use crate::sem::muldiv::divide_wide as div_wide;
 
     #[test]
     fn helpers_report_faults_through_the_context() {

@@ -155,3 +155,24 @@ pub fn div<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     }
     Ok(())
 }
+
+/// The 128/64 division behind DIV/IDIV at every width (operands already widened): `None`
+/// when x86 raises #DE (zero divisor, or a quotient that does not fit the destination).
+/// Both tiers call this: the interpreter directly, compiled code through a runtime helper.
+pub fn divide_wide(signed: bool, hi: u64, lo: u64, d: u64) -> Option<(u64, u64)> {
+    let n = (u128::from(hi) << 64) | u128::from(lo);
+    if d == 0 {
+        return None;
+    }
+    if signed {
+        let n = n as i128;
+        let d = i128::from(d as i64);
+        let q = n.checked_div(d)?;
+        let r = n.checked_rem(d)?;
+        (i128::from(q as i64) == q).then_some((q as u64, r as u64))
+    } else {
+        let d = u128::from(d);
+        let q = n / d;
+        (q >> 64 == 0).then_some((q as u64, (n % d) as u64))
+    }
+}
