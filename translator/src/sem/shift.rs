@@ -65,6 +65,34 @@ fn count_zero<E: Emitter>(e: &mut E, dst: &Loc<E::V>, a: E::V) -> Result<(), Exc
     }
 }
 
+/// The common end of the shifts: truncate the lane result to the operand width, write it and
+/// record lazy flags, both only when the masked count is not zero (a zero count changes
+/// nothing, whether known at translation time or only at run time).
+fn finish<E: Emitter>(
+    e: &mut E,
+    dst: &Loc<E::V>,
+    op: CcOp,
+    w: u32,
+    a: E::V,
+    (n, constant): (E::V, Option<u64>),
+    raw: E::V,
+) -> Result<(), Exception> {
+    let r = e.zext(raw, w);
+    let cond = nonzero(e, n, constant);
+    write_result(e, dst, cond, r, a)?;
+    let aux = e.imm(0);
+    let l = Lazy {
+        op,
+        width: w,
+        src1: a,
+        src2: n,
+        result: r,
+        aux,
+    };
+    flags::set_lazy_if(e, cond, l);
+    Ok(())
+}
+
 /// SHL/SAL, SHR, SAR.
 pub fn shift<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     let dst = loc(e, insn, 0)?;
@@ -82,20 +110,7 @@ pub fn shift<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception>
         }
         _ => (CcOp::Shl, e.bin(BinOp::Shl, a, n)),
     };
-    let r = e.zext(raw, w);
-    let cond = nonzero(e, n, constant);
-    write_result(e, &dst, cond, r, a)?;
-    let aux = e.imm(0);
-    let l = Lazy {
-        op,
-        width: w,
-        src1: a,
-        src2: n,
-        result: r,
-        aux,
-    };
-    flags::set_lazy_if(e, cond, l);
-    Ok(())
+    finish(e, &dst, op, w, a, (n, constant), raw)
 }
 
 /// `(a << n) | (a >> (w - n))` within `w` bits, for `n` in 0..w.
@@ -226,18 +241,5 @@ pub fn double<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception
         let hi = e.bin(BinOp::Shl, b, back);
         (CcOp::Shrd, e.or(lo, hi))
     };
-    let r = e.zext(raw, w);
-    let cond = nonzero(e, n, constant);
-    write_result(e, &dst, cond, r, a)?;
-    let aux = e.imm(0);
-    let l = Lazy {
-        op,
-        width: w,
-        src1: a,
-        src2: n,
-        result: r,
-        aux,
-    };
-    flags::set_lazy_if(e, cond, l);
-    Ok(())
+    finish(e, &dst, op, w, a, (n, constant), raw)
 }
