@@ -53,3 +53,26 @@ fn no_kvm_gives_the_distinct_status() {
         stderr(&o)
     );
 }
+
+#[test]
+fn cases_that_once_diverged_agree() {
+    if !kvm_or_skip("difftest_regressions") {
+        return;
+    }
+    // Each (seed, start, family) reproduced a translator bug the soak or CI found.
+    for (seed, start, family) in [
+        // enter 2Bh,3 with RBP odd and AC set: #AC after the rBP push is stored.
+        ("1", "61273", None),
+        // adc r15d, r10d; lea r15d, [...]: JIT flags from the overwritten register.
+        ("20261123", "56", Some("alu")),
+        // popfq sets AC, then a misaligned push qword [rdi]: #AC.
+        ("1", "700", Some("stack")),
+    ] {
+        let mut args = vec!["difftest", "--seed", seed, "--start", start, "--cases", "1"];
+        if let Some(f) = family {
+            args.extend(["--family", f]);
+        }
+        let o = ringzero(&args);
+        assert_eq!(status(&o), 0, "{args:?}: {}", stdout(&o));
+    }
+}

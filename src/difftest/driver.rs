@@ -76,12 +76,9 @@ fn family_for(config: &DifftestConfig, index: u64) -> Option<Family> {
     (n > 0).then(|| config.families[(index % n) as usize])
 }
 
-/// The family name a case was generated from, for the reproducer's rerun line.
-fn family_name(config: &DifftestConfig, index: u64) -> String {
-    match family_for(config, index) {
-        Some(f) => f.name().to_string(),
-        None => "all".to_string(),
-    }
+/// The family a case was generated from when the command line chose it.
+fn family_name(config: &DifftestConfig, index: u64) -> Option<&'static str> {
+    family_for(config, index).map(Family::name)
 }
 
 /// Runs the cases; divergences are written to `out` as they are found.
@@ -106,11 +103,9 @@ pub fn run(config: &DifftestConfig, out: &mut dyn Write) -> Result<Summary, Diff
                     summary.divergences += 1;
                     let _ = writeln!(
                         out,
-                        "difftest: case {index} (seed {}): {gap}\n  rerun: ringzero difftest --seed {} --mode {} --family {} --start {index} --cases 1\n{}",
+                        "difftest: case {index} (seed {}): {gap}\n  rerun: {}\n{}",
                         config.seed,
-                        config.seed,
-                        mode.bitness(),
-                        family_name(config, index),
+                        report::rerun_command(config.seed, index, mode, family_name(config, index)),
                         report::disassemble(&case, mode)
                     );
                     break;
@@ -134,7 +129,7 @@ pub fn run(config: &DifftestConfig, out: &mut dyn Write) -> Result<Summary, Diff
                 report::format_divergence(
                     config.seed,
                     index,
-                    &family_name(config, index),
+                    family_name(config, index),
                     &small,
                     mode,
                     ("kvm", &e),

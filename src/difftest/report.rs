@@ -167,13 +167,23 @@ pub fn hex(bytes: &[u8]) -> String {
         .join(" ")
 }
 
+/// The command that reruns case `index` alone (`--family` only when the case's family was
+/// chosen on the command line; otherwise the generator picks it from the seed and index).
+pub fn rerun_command(seed: u64, index: u64, mode: Mode, family: Option<&str>) -> String {
+    let family = family.map(|f| format!(" --family {f}")).unwrap_or_default();
+    format!(
+        "ringzero difftest --seed {seed} --mode {}{family} --start {index} --cases 1",
+        mode.bitness()
+    )
+}
+
 /// The full divergence report: how to rerun it, the code, the initial state, both final states
 /// side by side with differing fields marked, and the flags that were masked.
 #[allow(clippy::too_many_arguments)]
 pub fn format_divergence(
     seed: u64,
     index: u64,
-    family: &str,
+    family: Option<&str>,
     case: &Case,
     mode: Mode,
     expected: (&str, &Outcome),
@@ -185,14 +195,11 @@ pub fn format_divergence(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "DIVERGENCE seed={seed} case={index} mode={} family={family}",
-        mode.bitness()
+        "DIVERGENCE seed={seed} case={index} mode={} family={}",
+        mode.bitness(),
+        family.unwrap_or("any")
     );
-    let _ = writeln!(
-        s,
-        "  rerun: ringzero difftest --seed {seed} --mode {} --family {family} --start {index} --cases 1",
-        mode.bitness()
-    );
+    let _ = writeln!(s, "  rerun: {}", rerun_command(seed, index, mode, family));
     let _ = writeln!(s, "code ({} bytes): {}", case.code.len(), hex(&case.code));
     s.push_str(&disassemble(case, mode));
     let _ = writeln!(s, "initial state:");
@@ -340,7 +347,7 @@ mod tests {
         let text = format_divergence(
             1,
             2,
-            "muldiv",
+            Some("muldiv"),
             &c,
             Mode::Long64,
             ("kvm", &e),
@@ -348,6 +355,16 @@ mod tests {
             &cmp,
         );
         assert!(text.contains("mul rbx"), "{text}");
+        assert!(
+            text.contains(
+                "rerun: ringzero difftest --seed 1 --mode 64 --family muldiv --start 2 --cases 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            rerun_command(9, 4, Mode::Long64, None),
+            "ringzero difftest --seed 9 --mode 64 --start 4 --cases 1"
+        );
         assert!(text.contains("<<<"), "{text}");
         assert!(text.contains("--seed 1"), "{text}");
     }
