@@ -5,19 +5,13 @@
 //! or `OUT_DIR/<name>.elf` (Multiboot kernels), which `src/images.rs` embeds with `include_bytes!`.
 
 use std::env;
-use std::ffi::OsStr;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::{exit, Command};
+use std::process::exit;
 
-/// Which assembler/linker flavour an image needs.
-#[derive(Clone, Copy)]
-enum Arch {
-    /// `as --32`, `ld -m elf_i386`: 16- and 32-bit code only.
-    I386,
-    /// `as --64`, `ld -m elf_x86_64`: may also contain `.code16`/`.code32` sections.
-    X86_64,
-}
+#[path = "test-images/guest_build.rs"]
+mod guest_build;
+
+use guest_build::Arch;
 
 /// What the build produces from the linked ELF.
 #[derive(Clone, Copy)]
@@ -73,6 +67,7 @@ const INCLUDE_DIR: &str = "test-images/common";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=test-images/guest_build.rs");
     println!("cargo:rerun-if-changed={INCLUDE_DIR}");
     println!("cargo:rerun-if-changed={INCLUDE_DIR}/pc.inc");
     for image in IMAGES {
@@ -100,78 +95,17 @@ fn fail(message: &str) -> ! {
 
 /// Assembles, links and (for flat images) converts one image into `out_dir`.
 fn build(image: &Image, root: &Path, out_dir: &Path) -> Result<(), String> {
-    let object = out_dir.join(format!("{}.o", image.name));
-    let elf = out_dir.join(format!("{}.elf", image.name));
-    let (as_flag, ld_emulation) = match image.arch {
-        Arch::I386 => ("--32", "elf_i386"),
-        Arch::X86_64 => ("--64", "elf_x86_64"),
-    };
-    run(
-        "as",
-        &[
-            OsStr::new(as_flag),
-            OsStr::new("--fatal-warnings"),
-            OsStr::new("-I"),
-            root.join(INCLUDE_DIR).as_os_str(),
-            OsStr::new("-o"),
-            object.as_os_str(),
-            root.join(image.source).as_os_str(),
-        ],
-    )?;
-    run(
-        "ld",
-        &[
-            OsStr::new("-m"),
-            OsStr::new(ld_emulation),
-            OsStr::new("--fatal-warnings"),
-            // Each guest is one RWX load segment on purpose (code, data and tables share
-            // pages and are entered with paging off); ld's warning carries no news here.
-            OsStr::new("--no-warn-rwx-segments"),
-            OsStr::new("--build-id=none"),
-            OsStr::new("-z"),
-            OsStr::new("noexecstack"),
-            OsStr::new("-T"),
-            root.join(image.script).as_os_str(),
-            OsStr::new("-o"),
-            elf.as_os_str(),
-            object.as_os_str(),
-        ],
+    let elf = guest_build::assemble_and_link(
+        &root.join(image.source),
+        &root.join(image.script),
+        &root.join(INCLUDE_DIR),
+        image.arch,
+        out_dir,
+        image.name,
     )?;
     if let Kind::Flat = image.kind {
         let bin = out_dir.join(format!("{}.bin", image.name));
-        run(
-            "objcopy",
-            &[
-                OsStr::new("-O"),
-                OsStr::new("binary"),
-                elf.as_os_str(),
-                bin.as_os_str(),
-            ],
-        )?;
+        guest_build::raw_binary(&elf, None, &bin)?;
     }
     Ok(())
-}
-
-/// Runs one binutils tool, turning "not installed" and failures into one readable message.
-fn run(tool: &str, args: &[&OsStr]) -> Result<(), String> {
-    let output = match Command::new(tool).args(args).output() {
-        Ok(output) => output,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(format!(
-                "`{tool}` not found: install GNU binutils (e.g. `apt-get install binutils`)"
-            ))
-        }
-        Err(e) => return Err(format!("cannot run `{tool}`: {e}")),
-    };
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    Err(format!(
-        "`{tool}` failed ({}): {}{}",
-        output.status,
-        stderr.trim(),
-        stdout.trim()
-    ))
 }

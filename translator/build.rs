@@ -2,15 +2,18 @@
 //! `test-images/demo/demo.S`) into `OUT_DIR/demo_user.bin` for the engine's benchmark workload
 //! (`ringzero_translator::engine::demo_kernel`).
 //!
-//! This crate cannot depend on the root crate, whose `build.rs` builds the whole demo image, so
-//! the assemble/link steps are a small duplicate of that script's (same flags, same linker
-//! script, so the kernel is linked at its run address 0x200000 exactly as the demo copies it).
+//! The assemble/link steps are the root build script's (`test-images/guest_build.rs`, shared by
+//! `#[path]`): same flags and linker script, so the kernel is linked at its run address 0x200000
+//! exactly as the demo copies it.
 
 use std::env;
-use std::ffi::OsStr;
-use std::io::ErrorKind;
 use std::path::PathBuf;
-use std::process::{exit, Command};
+use std::process::exit;
+
+// Only the 64-bit demo is built here; the shared module also serves 32-bit guests.
+#[allow(dead_code)]
+#[path = "../test-images/guest_build.rs"]
+mod guest_build;
 
 fn main() {
     let manifest = env::var_os("CARGO_MANIFEST_DIR")
@@ -21,62 +24,28 @@ fn main() {
     let script = images.join("demo").join("demo.ld");
     let include = images.join("common");
     println!("cargo:rerun-if-changed=build.rs");
-    for p in [&source, &script, &include.join("pc.inc")] {
+    for p in [
+        &source,
+        &script,
+        &include.join("pc.inc"),
+        &images.join("guest_build.rs"),
+    ] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     let Some(out_dir) = env::var_os("OUT_DIR").map(PathBuf::from) else {
         fail("OUT_DIR is not set (run through cargo)");
     };
-    let object = out_dir.join("demo.o");
-    let elf = out_dir.join("demo.elf");
-    let bin = out_dir.join("demo_user.bin");
-    let steps: [(&str, Vec<&OsStr>); 3] = [
-        (
-            "as",
-            vec![
-                OsStr::new("--64"),
-                OsStr::new("--fatal-warnings"),
-                OsStr::new("-I"),
-                include.as_os_str(),
-                OsStr::new("-o"),
-                object.as_os_str(),
-                source.as_os_str(),
-            ],
-        ),
-        (
-            "ld",
-            vec![
-                OsStr::new("-m"),
-                OsStr::new("elf_x86_64"),
-                OsStr::new("--fatal-warnings"),
-                // One RWX load segment on purpose, as in the root build script.
-                OsStr::new("--no-warn-rwx-segments"),
-                OsStr::new("--build-id=none"),
-                OsStr::new("-z"),
-                OsStr::new("noexecstack"),
-                OsStr::new("-T"),
-                script.as_os_str(),
-                OsStr::new("-o"),
-                elf.as_os_str(),
-                object.as_os_str(),
-            ],
-        ),
-        (
-            "objcopy",
-            vec![
-                OsStr::new("-O"),
-                OsStr::new("binary"),
-                OsStr::new("-j"),
-                OsStr::new(".user"),
-                elf.as_os_str(),
-                bin.as_os_str(),
-            ],
-        ),
-    ];
-    for (tool, args) in &steps {
-        if let Err(message) = run(tool, args) {
-            fail(&message);
-        }
+    let result = guest_build::assemble_and_link(
+        &source,
+        &script,
+        &include,
+        guest_build::Arch::X86_64,
+        &out_dir,
+        "demo",
+    )
+    .and_then(|elf| guest_build::raw_binary(&elf, Some(".user"), &out_dir.join("demo_user.bin")));
+    if let Err(message) = result {
+        fail(&message);
     }
 }
 
@@ -84,26 +53,4 @@ fn main() {
 fn fail(message: &str) -> ! {
     eprintln!("error: extracting the demo compute kernel: {message}");
     exit(1);
-}
-
-/// Runs one binutils tool, turning "not installed" and failures into one readable message.
-fn run(tool: &str, args: &[&OsStr]) -> Result<(), String> {
-    let output = match Command::new(tool).args(args).output() {
-        Ok(output) => output,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(format!(
-                "`{tool}` not found: install GNU binutils (e.g. `apt-get install binutils`)"
-            ))
-        }
-        Err(e) => return Err(format!("cannot run `{tool}`: {e}")),
-    };
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "`{tool}` failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim(),
-        String::from_utf8_lossy(&output.stdout).trim()
-    ))
 }
