@@ -109,19 +109,7 @@ _start:
         call puts
         DEBUG_EXIT_WITH EXIT_FAIL
 
-puts:                                   # ds:si -> NUL-terminated string
-        lodsb
-        test al, al
-        jz 1f
-        call putc
-        jmp puts
-1:      ret
-
-newline:
-        mov al, '\n'
-putc:                                   # al; clobbers ax, dx
-        PUTC_AL
-        ret
+        PRINT_ROUTINES                  # puts, newline, putc (common/pc.inc)
 
 print_hex16:                            # ax as 4 hex digits; clobbers ax, cx, dx, di
         mov di, ax

@@ -220,19 +220,7 @@ putc_printable:                             # al, with bytes outside 0x20-0x7e a
 1:      mov al, '.'
         jmp putc
 
-puts:                                       # esi -> NUL-terminated string of ours
-        lodsb
-        test al, al
-        jz 1f
-        call putc
-        jmp puts
-1:      ret
-
-newline:
-        mov al, '\n'
-putc:                                       # al; clobbers ax, dx
-        PUTC_AL
-        ret
+        PRINT_ROUTINES                  # puts, newline, putc (common/pc.inc)
 
 # print_dec: eax as unsigned decimal. Clobbers eax, edx.
 print_dec:
