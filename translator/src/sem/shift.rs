@@ -65,6 +65,40 @@ fn count_zero<E: Emitter>(e: &mut E, dst: &Loc<E::V>, a: E::V) -> Result<(), Exc
     }
 }
 
+/// What every shift and rotate starts from.
+struct Operands<V> {
+    dst: Loc<V>,
+    w: u32,
+    a: V,
+    n: V,
+    constant: Option<u64>,
+}
+
+/// The common start of the shifts and rotates: destination, width, its value and the masked
+/// count (operand `count_at`). A count known to be zero is handled here (see [`count_zero`])
+/// and gives `None`: the instruction is complete.
+fn prologue<E: Emitter>(
+    e: &mut E,
+    insn: &Instruction,
+    count_at: u32,
+) -> Result<Option<Operands<E::V>>, Exception> {
+    let dst = loc(e, insn, 0)?;
+    let w = width0::<E>(insn, &dst)?;
+    let a = dst.read(e, w)?;
+    let (n, constant) = count(e, insn, count_at, w)?;
+    if constant == Some(0) {
+        count_zero(e, &dst, a)?;
+        return Ok(None);
+    }
+    Ok(Some(Operands {
+        dst,
+        w,
+        a,
+        n,
+        constant,
+    }))
+}
+
 /// The common end of the shifts: truncate the lane result to the operand width, write it and
 /// record lazy flags, both only when the masked count is not zero (a zero count changes
 /// nothing, whether known at translation time or only at run time).
@@ -95,13 +129,16 @@ fn finish<E: Emitter>(
 
 /// SHL/SAL, SHR, SAR.
 pub fn shift<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
-    let dst = loc(e, insn, 0)?;
-    let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
-    let (n, constant) = count(e, insn, 1, w)?;
-    if constant == Some(0) {
-        return count_zero(e, &dst, a);
-    }
+    let Some(Operands {
+        dst,
+        w,
+        a,
+        n,
+        constant,
+    }) = prologue(e, insn, 1)?
+    else {
+        return Ok(());
+    };
     let (op, raw) = match insn.mnemonic() {
         Mnemonic::Shr => (CcOp::Shr, e.bin(BinOp::Shr, a, n)),
         Mnemonic::Sar => {
@@ -125,13 +162,16 @@ fn rol_w<E: Emitter>(e: &mut E, a: E::V, n: E::V, w: u32) -> E::V {
 
 /// ROL and ROR: only CF and OF change (CF = the bit rotated around).
 pub fn rotate<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
-    let dst = loc(e, insn, 0)?;
-    let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
-    let (n, constant) = count(e, insn, 1, w)?;
-    if constant == Some(0) {
-        return count_zero(e, &dst, a);
-    }
+    let Some(Operands {
+        dst,
+        w,
+        a,
+        n,
+        constant,
+    }) = prologue(e, insn, 1)?
+    else {
+        return Ok(());
+    };
     let k = e.and_i(n, u64::from(w - 1));
     let left = insn.mnemonic() == Mnemonic::Rol;
     let (r, cf, of) = if left {
@@ -158,13 +198,16 @@ pub fn rotate<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception
 
 /// RCL and RCR: rotate through CF, a (w + 1)-bit rotation (count mod 9 / 17 for 8 / 16 bits).
 pub fn rotate_carry<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
-    let dst = loc(e, insn, 0)?;
-    let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
-    let (n, constant) = count(e, insn, 1, w)?;
-    if constant == Some(0) {
-        return count_zero(e, &dst, a);
-    }
+    let Some(Operands {
+        dst,
+        w,
+        a,
+        n,
+        constant,
+    }) = prologue(e, insn, 1)?
+    else {
+        return Ok(());
+    };
     let k = match w {
         8 | 16 => {
             let m = e.imm(u64::from(w + 1));
@@ -221,15 +264,18 @@ pub fn rotate_carry<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exc
 /// SHLD and SHRD. A count greater than a 16-bit operand's width gives an undefined result and
 /// flags; the value computed here is whatever the lane arithmetic yields.
 pub fn double<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
-    let dst = loc(e, insn, 0)?;
-    let src = loc(e, insn, 1)?;
-    let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
-    let b = src.read(e, w)?;
-    let (n, constant) = count(e, insn, 2, w)?;
-    if constant == Some(0) {
-        return count_zero(e, &dst, a);
-    }
+    let Some(Operands {
+        dst,
+        w,
+        a,
+        n,
+        constant,
+    }) = prologue(e, insn, 2)?
+    else {
+        return Ok(());
+    };
+    // The second operand is always a register: reading it after the count changes nothing.
+    let b = loc(e, insn, 1)?.read(e, w)?;
     let wv = e.imm(u64::from(w));
     let back = e.sub(wv, n);
     let (op, raw) = if insn.mnemonic() == Mnemonic::Shld {
