@@ -126,17 +126,12 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    /// The key of the block at CS:RIP in `cpu`'s current mode.
-    pub fn of(cpu: &CpuState) -> Self {
+    /// The key of the block at CS:RIP in `cpu`'s current mode; translating the fetch address
+    /// can fault (#PF on an instruction fetch).
+    pub fn of(cpu: &CpuState, mem: &mut dyn GuestMem) -> Result<Self, Exception> {
         let block = BlockKey::of(cpu);
-        // The same linear address the decoder fetches from (interp::decode); with paging
-        // not translated yet, linear is physical.
-        let phys = if block.code_bits == 64 {
-            cpu.rip
-        } else {
-            cpu.cs.base.wrapping_add(cpu.rip) & 0xffff_ffff
-        };
-        CacheKey { phys, block }
+        let phys = mem.code_phys(crate::jit::fetch_linear(cpu))?;
+        Ok(CacheKey { phys, block })
     }
 }
 
@@ -313,7 +308,15 @@ impl Engine {
                     reason: StopReason::Budget,
                 };
             }
-            let key = CacheKey::of(cpu);
+            let key = match CacheKey::of(cpu, mem) {
+                Ok(k) => k,
+                Err(e) => {
+                    return EngineExit {
+                        executed,
+                        reason: StopReason::Exception(e),
+                    }
+                }
+            };
             let slot = match prev.and_then(|p| self.chained(p, &key)) {
                 Some(s) => {
                     self.stats.chain_hits += 1;

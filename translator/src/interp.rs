@@ -242,11 +242,11 @@ pub fn decode(cpu: &CpuState, mem: &mut dyn GuestMem) -> Result<Instruction, Exc
     let mut buf = [0u8; MAX_INSN_LEN];
     let mut len = MAX_INSN_LEN;
     let mut missing = None;
-    if mem.read(linear, &mut buf).is_err() {
+    if mem.fetch(linear, &mut buf).is_err() {
         // Near the end of backed memory: take the bytes that exist.
         len = 0;
         for (i, b) in buf.iter_mut().enumerate() {
-            match mem.read(linear.wrapping_add(i as u64), std::slice::from_mut(b)) {
+            match mem.fetch(linear.wrapping_add(i as u64), std::slice::from_mut(b)) {
                 Ok(()) => len += 1,
                 Err(f) => {
                     missing = Some(f);
@@ -260,7 +260,7 @@ pub fn decode(cpu: &CpuState, mem: &mut dyn GuestMem) -> Result<Instruction, Exc
     match decoder.last_error() {
         DecoderError::None => Ok(insn),
         DecoderError::NoMoreBytes => match missing {
-            Some(f) => Err(Exception::Memory(f)),
+            Some(f) => Err(f),
             None => Err(Exception::cpu(UD)),
         },
         _ => Err(Exception::cpu(UD)),

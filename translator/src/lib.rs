@@ -14,10 +14,13 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod fpu;
 pub mod interp;
 pub mod jit;
 pub mod mem;
+pub mod mmu;
 pub mod sem;
 pub mod state;
+pub mod system;
 
 pub use state::{CpuMode, CpuState, DescriptorTable, FpuState, PendingEvents, Segment};

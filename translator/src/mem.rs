@@ -1,8 +1,11 @@
-//! Guest memory as the translator sees it: a flat guest-physical byte space behind [`GuestMem`].
+//! Guest memory as the translator sees it: linear addresses behind [`GuestMem`].
 //!
-//! The root crate implements the trait over its RAM mapping and MMIO bus; [`FlatMem`] is a plain
-//! RAM window for tests and the hardware oracle. Paging comes with the MMU increment, which will
-//! translate linear to physical addresses in front of this trait.
+//! Every access the semantics makes goes through this trait with a *linear* address (segment
+//! base already added). An implementation translates it (through the MMU when paging is on),
+//! checks permissions and reports a refused access as the guest exception it causes
+//! ([`Exception::PageFault`], ...). [`FlatMem`] is a plain RAM window where linear equals
+//! physical, for tests and the hardware oracle; the full-system memory (MMU + RAM + MMIO) is
+//! [`crate::system::SystemMem`].
 
 /// An access to guest-physical memory that nothing backs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -16,12 +19,33 @@ pub struct MemFault {
     pub write: bool,
 }
 
-/// Byte-addressed guest memory.
+use crate::sem::Exception;
+
+/// Byte-addressed guest memory, by linear address.
 pub trait GuestMem {
-    /// Fills `buf` from guest address `addr`.
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemFault>;
-    /// Writes `data` at guest address `addr`.
-    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemFault>;
+    /// Fills `buf` from linear address `addr` (a data read at the current privilege level).
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception>;
+    /// Writes `data` at linear address `addr` (a data write at the current privilege level).
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Exception>;
+    /// Fetches instruction bytes at linear address `addr` (execute permission).
+    fn fetch(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception> {
+        self.read(addr, buf)
+    }
+    /// Reads a system structure (GDT, LDT, IDT, TSS) at linear `addr`: an implicit supervisor
+    /// access whatever the CPL (SDM Vol. 3 §4.6.1).
+    fn read_system(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception> {
+        self.read(addr, buf)
+    }
+    /// Writes a system structure (descriptor accessed/busy bits, interrupt frames pushed by
+    /// delivery are *not* system accesses) at linear `addr` as an implicit supervisor access.
+    fn write_system(&mut self, addr: u64, data: &[u8]) -> Result<(), Exception> {
+        self.write(addr, data)
+    }
+    /// The physical address of the code byte at linear `addr` (the translation cache key);
+    /// identity where linear is physical.
+    fn code_phys(&mut self, addr: u64) -> Result<u64, Exception> {
+        Ok(addr)
+    }
 }
 
 /// RAM covering `[base, base + len)`; anything outside faults.
@@ -51,7 +75,7 @@ impl FlatMem {
 }
 
 impl GuestMem for FlatMem {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemFault> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception> {
         let fault = MemFault {
             addr,
             len: buf.len(),
@@ -62,7 +86,7 @@ impl GuestMem for FlatMem {
         Ok(())
     }
 
-    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), MemFault> {
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Exception> {
         let fault = MemFault {
             addr,
             len: data.len(),

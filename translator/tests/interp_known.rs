@@ -549,11 +549,23 @@ fn accumulator_sign_extensions() {
 }
 
 #[test]
-fn unimplemented_instructions_are_reported_by_name() {
+fn system_instructions_stop_the_tier_before_any_change() {
     let mut t = Run::new(64, |c| c.cpuid());
+    assert_eq!(t.go(), Err(Exception::System(iced_x86::Mnemonic::Cpuid)));
+    assert_eq!(t.cpu.rip, CODE);
+    let mut t = Run::new(64, |c| c.mov(ax, ds));
+    assert_eq!(t.go(), Err(Exception::System(iced_x86::Mnemonic::Mov)));
+    let mut t = Run::new(64, |c| c.call(fword_ptr(rax)));
+    assert_eq!(t.go(), Err(Exception::System(iced_x86::Mnemonic::Call)));
+    assert_eq!(t.cpu.rip, CODE);
+}
+
+#[test]
+fn unimplemented_instructions_are_reported_by_name() {
+    let mut t = Run::new(64, |c| c.vpaddd(ymm0, ymm1, ymm2));
     assert_eq!(
         t.go(),
-        Err(Exception::Unimplemented(iced_x86::Mnemonic::Cpuid))
+        Err(Exception::Unimplemented(iced_x86::Mnemonic::Vpaddd))
     );
     assert_eq!(t.cpu.rip, CODE);
 }

@@ -742,7 +742,7 @@ fn unimplemented_first_instruction_is_refused() {
     });
     let all = decode_all(&c, &mem.bytes[CODE as usize..end as usize]);
     match jit.compile_block(&all, &c) {
-        Err(JitError::Unsupported(Exception::Unimplemented(m))) => {
+        Err(JitError::Unsupported(Exception::System(m))) => {
             assert_eq!(m, iced_x86::Mnemonic::Cpuid)
         }
         other => panic!("{other:?}"),

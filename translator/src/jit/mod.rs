@@ -364,7 +364,7 @@ pub fn run_compiled(
         )
     } else {
         Some(match ctx.fault {
-            Some(f) => Exception::Memory(f),
+            Some(f) => f,
             None => Exception::Internal("memory exit without a recorded fault"),
         })
     };
@@ -378,9 +378,20 @@ pub fn run_compiled(
 /// translations).
 const PAGE: u64 = 4096;
 
+/// The linear address of CS:RIP, where instruction fetch reads.
+pub fn fetch_linear(cpu: &CpuState) -> u64 {
+    if cpu.code_bits() == 64 {
+        cpu.rip
+    } else {
+        cpu.cs.base.wrapping_add(cpu.rip) & 0xffff_ffff
+    }
+}
+
 /// Decodes a block at CS:RIP: up to `max_insns` instructions, ending after the first control
 /// transfer, trap or exception-raising instruction, or before one that starts on another 4 KiB
-/// page or does not decode. An undecodable first instruction gives its exception.
+/// linear page (so a block's bytes lie on at most two pages: its own and, for a last
+/// instruction that straddles, the next) or does not decode. An undecodable first instruction
+/// gives its exception.
 pub fn decode_block(
     cpu: &CpuState,
     mem: &mut dyn GuestMem,
@@ -388,9 +399,9 @@ pub fn decode_block(
 ) -> Result<Vec<Instruction>, Exception> {
     let mut at = cpu.clone();
     let mut out = Vec::with_capacity(max_insns.min(64));
-    let first_page = cpu.rip / PAGE;
+    let first_page = fetch_linear(cpu) / PAGE;
     while out.len() < max_insns.max(1) {
-        if !out.is_empty() && at.rip / PAGE != first_page {
+        if !out.is_empty() && fetch_linear(&at) / PAGE != first_page {
             break;
         }
         let insn = match crate::interp::decode(&at, mem) {

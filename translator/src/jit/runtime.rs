@@ -6,7 +6,8 @@
 //! convention of a block. A helper reports a fault by setting [`RunCtx::status`] (loads and the
 //! division) or by its return value (stores); the block then leaves through a side exit.
 
-use crate::mem::{GuestMem, MemFault};
+use crate::mem::GuestMem;
+use crate::sem::Exception;
 
 /// What a compiled block needs besides the `CpuState`: guest memory and scratch for helpers.
 #[repr(C)]
@@ -17,8 +18,8 @@ pub struct RunCtx<'a> {
     pub div_q: u64,
     /// Remainder written by [`jit_div_wide`].
     pub div_r: u64,
-    /// The memory fault that ended the block, if any.
-    pub fault: Option<MemFault>,
+    /// The memory fault (page fault, unbacked access, ...) that ended the block, if any.
+    pub fault: Option<Exception>,
     /// Guest memory the helpers access.
     pub mem: &'a mut dyn GuestMem,
 }
@@ -99,7 +100,7 @@ pub unsafe extern "C" fn jit_div_wide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::FlatMem;
+    use crate::mem::{FlatMem, MemFault};
     use crate::sem::muldiv::divide_wide as div_wide;
 
     #[test]
@@ -116,11 +117,11 @@ mod tests {
         assert_eq!(ctx.status, 1);
         assert_eq!(
             ctx.fault,
-            Some(MemFault {
+            Some(Exception::Memory(MemFault {
                 addr: 0x100e,
                 len: 4,
                 write: false
-            })
+            }))
         );
     }
 

@@ -85,6 +85,8 @@ pub const UD: u8 = 6;
 pub const SS: u8 = 12;
 /// #GP, general protection.
 pub const GP: u8 = 13;
+/// #PF, page fault.
+pub const PF: u8 = 14;
 /// #AC, alignment check (error code 0).
 pub const AC: u8 = 17;
 
@@ -99,6 +101,18 @@ pub enum Exception {
         /// Error code pushed with it, if the vector has one.
         error: Option<u32>,
     },
+    /// A page fault: the linear address for CR2 and the #PF error code (SDM Vol. 3 §4.7).
+    #[error("page fault at {linear:#x} (error code {error:#x})")]
+    PageFault {
+        /// The linear address that could not be accessed.
+        linear: u64,
+        /// The #PF error code (P, W/R, U/S, RSVD, I/D bits).
+        error: u32,
+    },
+    /// A privileged or sensitive instruction the monitor executes ([`crate::system`]): the
+    /// tiers stop before it with the state precise at its start.
+    #[error("system instruction {0:?} (executed by the monitor)")]
+    System(Mnemonic),
     /// The translator does not implement this instruction yet.
     #[error("instruction not implemented: {0:?}")]
     Unimplemented(Mnemonic),
@@ -134,9 +148,26 @@ impl Exception {
 /// Executes (or, in a compiling tier, emits) one decoded instruction.
 ///
 /// Falls through to the next instruction unless the semantics called [`Emitter::set_rip`].
+/// A privileged or sensitive instruction ([`crate::system::is_system`]) gives
+/// [`Exception::System`] before any change: the monitor runs it.
 pub fn execute<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    match dispatch(e, insn) {
+        // Only the error path pays for the classification: every system instruction either
+        // has no arm below or fails operand resolution (segment/control/debug registers)
+        // before its first write; far JMP/CALL are caught in their arms.
+        Err(Exception::Unimplemented(m)) if crate::system::is_system(insn) => {
+            Err(Exception::System(m))
+        }
+        r => r,
+    }
+}
+
+fn dispatch<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     use Mnemonic as M;
     match insn.mnemonic() {
+        M::Jmp | M::Call if insn.is_jmp_far_indirect() || insn.is_call_far_indirect() => {
+            Err(Exception::System(insn.mnemonic()))
+        }
         M::Mov => data::mov(e, insn),
         M::Movzx => data::movx(e, insn, false),
         M::Movsx | M::Movsxd => data::movx(e, insn, true),
@@ -250,6 +281,7 @@ pub fn execute<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exceptio
         M::Nop | M::Pause => Ok(()),
         M::Ud0 | M::Ud1 | M::Ud2 => Err(Exception::cpu(UD)),
         M::Int3 => Err(Exception::cpu(BP)),
+        M::Into | M::Int | M::Int1 => Err(Exception::System(insn.mnemonic())),
         M::Bt | M::Bts | M::Btr | M::Btc => bits::bt(e, insn),
         M::Bsf | M::Bsr => bits::bsf_bsr(e, insn),
         M::Tzcnt | M::Lzcnt => bits::tzcnt_lzcnt(e, insn),

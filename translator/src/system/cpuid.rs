@@ -1,0 +1,1 @@
+//! The CPU model the BT advertises through CPUID (being written).
