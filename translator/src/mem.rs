@@ -46,6 +46,14 @@ pub trait GuestMem {
     fn code_phys(&mut self, addr: u64) -> Result<u64, Exception> {
         Ok(addr)
     }
+    /// The engine holds translations of physical page `phys_page` (address >> 12): writes
+    /// into it must be reported through [`GuestMem::take_code_writes`].
+    fn watch_code_page(&mut self, _phys_page: u64) {}
+    /// Appends the watched physical pages written since the last call to `pages`; returns
+    /// whether there were any (cheap when none: the engine asks after every block).
+    fn take_code_writes(&mut self, _pages: &mut Vec<u64>) -> bool {
+        false
+    }
 }
 
 /// RAM covering `[base, base + len)`; anything outside faults.
