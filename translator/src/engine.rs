@@ -53,11 +53,17 @@
 //! `run(n)` twice leaves the same state as `run(2n)` once, and the caller (the full-system
 //! loop) can check interrupts between calls.
 //!
+//! # Self-modifying code
+//! Every page a translation reads is announced to the memory ([`GuestMem::watch_code_page`]);
+//! the memory reports stores into watched pages ([`GuestMem::take_code_writes`]), asked after
+//! every block, and the engine drops the translations on those pages before the next dispatch.
+//!
 //! # Left
-//! - Self-modifying code detection on the store path (track code pages, call
-//!   [`Engine::invalidate_range`] from the write path); a block that rewrites itself while it
-//!   runs keeps running its old translation to its end.
-//! - Linear → physical translation through the MMU for the key (today linear = physical).
+//! - A block that rewrites its own later instructions keeps running its old translation to its
+//!   end (the store should end the block after the storing instruction).
+//! - The physical key is the page of the first byte; a block whose last instruction straddles
+//!   into the next linear page is indexed by the physical range after its start, which is the
+//!   wrong page when the two linear pages are not physically contiguous.
 //! - Direct block-to-block jumps in host code, and hot *regions*: loops and traces compiled as
 //!   one function with guest registers in SSA values. DESIGN.md: the register spill/reload at
 //!   every block edge, not the dispatch, is the real cost of a block loop.
@@ -160,6 +166,8 @@ pub struct EngineStats {
     pub insns_compiled: u64,
     /// Entries dropped by invalidation.
     pub blocks_invalidated: u64,
+    /// Guest stores into pages holding translations (self-modifying code), by page.
+    pub code_page_writes: u64,
     /// Host code bytes ever emitted (never freed; see the module docs).
     pub compiled_code_bytes: u64,
 }
@@ -240,6 +248,8 @@ pub struct Engine {
     index: HashMap<CacheKey, u32>,
     /// Guest-physical page → slots with bytes on it (invalidation).
     pages: HashMap<u64, Vec<u32>>,
+    /// Scratch for the code pages the memory reports written.
+    written_pages: Vec<u64>,
     stats: EngineStats,
 }
 
@@ -260,6 +270,7 @@ impl Engine {
             free: Vec::new(),
             index: HashMap::new(),
             pages: HashMap::new(),
+            written_pages: Vec::new(),
             stats: EngineStats::default(),
         })
     }
@@ -359,10 +370,29 @@ impl Engine {
                     reason: StopReason::Exception(Exception::Internal("a block executed nothing")),
                 };
             }
+            if mem.take_code_writes(&mut self.written_pages) {
+                self.invalidate_written_pages();
+                // The block that just ran may be gone; its slot must not be linked from.
+                prev = None;
+                continue;
+            }
             if self.chaining {
                 prev = Some(slot);
             }
         }
+    }
+
+    /// Drops the translations on the pages in `written_pages` (guest stores into code).
+    fn invalidate_written_pages(&mut self) {
+        let mut pages = std::mem::take(&mut self.written_pages);
+        pages.sort_unstable();
+        pages.dedup();
+        for &page in &pages {
+            self.stats.code_page_writes += 1;
+            self.invalidate_range(page.saturating_mul(PAGE), PAGE);
+        }
+        pages.clear();
+        self.written_pages = pages;
     }
 
     /// The successor of `prev` recorded for `key`, if memoized.
@@ -419,6 +449,7 @@ impl Engine {
         self.index.insert(key, slot);
         for page in key.phys / PAGE..=(phys_end - 1) / PAGE {
             self.pages.entry(page).or_default().push(slot);
+            mem.watch_code_page(page);
         }
         self.stats.blocks_decoded += 1;
         Ok(slot)
