@@ -999,3 +999,39 @@ fn bcd_adjustments_in_32_bit_mode() {
     let mut t = Run::bytes(64, &[0xd4, 0x0a]);
     assert_eq!(t.go(), Err(Exception::cpu(UD)));
 }
+
+#[test]
+fn pushad_and_popad_save_and_restore_every_register() {
+    let mut t = Run::new(32, |c| {
+        c.pushad()?;
+        c.xor(eax, eax)?;
+        c.xor(ebx, ebx)?;
+        c.mov(ebp, 0x77)?;
+        c.popad()
+    });
+    for (i, v) in [1u64, 2, 3, 4, 0, 6, 7, 8].iter().enumerate() {
+        if i != reg::RSP {
+            t.cpu.gpr[i] = *v;
+        }
+    }
+    let top = t.r(reg::RSP);
+    t.end = CODE + 1;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RSP), top - 32);
+    // Pushed in order EAX, ECX, EDX, EBX, original ESP, EBP, ESI, EDI: EDI is lowest.
+    let mut b = [0u8; 32];
+    t.mem.read(top - 32, &mut b).unwrap();
+    let words: Vec<u32> = b
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(words, [8, 7, 6, top as u32, 4, 3, 2, 1]);
+    t.end = CODE + 1 + 2 + 2 + 5 + 1;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RSP), top);
+    assert_eq!(
+        (t.r(reg::RAX), t.r(reg::RBX), t.r(reg::RBP)),
+        (1, 4, 6),
+        "popad restores what pushad saved"
+    );
+}

@@ -30,7 +30,8 @@
 //! - MUL, IMUL (1/2/3 operands), DIV, IDIV (#DE on zero divisor and quotient overflow).
 //! - Control: JMP, Jcc, CALL, RET (near, relative, indirect, `ret imm16`), JRCXZ/JECXZ/JCXZ,
 //!   LOOP/LOOPE/LOOPNE; #GP(0) on a non-canonical target, checked before any write.
-//! - Stack: PUSH, POP (GPR, memory, immediate), ENTER (any nesting level), LEAVE, PUSHF, POPF
+//! - Stack: PUSH, POP (GPR, memory, immediate), PUSHA/POPA, ENTER (any nesting level), LEAVE,
+//!   PUSHF, POPF
 //!   (CPL/IOPL rules for IF and IOPL; virtual-8086 POPF not modelled).
 //! - Strings: MOVS, STOS, LODS, CMPS, SCAS with REP/REPE/REPNE, DF and 16/32/64-bit address
 //!   sizes, one element per execution ([`string`]).
@@ -246,6 +247,8 @@ fn dispatch<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
         M::Push => stack::push(e, insn),
         M::Pop => stack::pop(e, insn),
         M::Leave => stack::leave(e, insn),
+        M::Pusha | M::Pushad => stack::pusha(e, insn),
+        M::Popa | M::Popad => stack::popa(e, insn),
         M::Enter => stack::enter(e, insn),
         M::Xlatb => data::xlat(e, insn),
         M::Pushf | M::Pushfd | M::Pushfq => stack::pushf(e, insn),

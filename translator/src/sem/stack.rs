@@ -219,3 +219,53 @@ pub fn popf<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
     e.set_rflags(r);
     Ok(())
 }
+
+/// PUSHA/PUSHAD (not in 64-bit mode, where the opcode is invalid): pushes AX, CX, DX, BX, the
+/// original SP, BP, SI, DI at the operand size. Every value is read first; the stores go from
+/// the highest address down and the stack pointer moves last, so a fault leaves the registers
+/// as they were.
+pub fn pusha<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let bytes = match insn.stack_pointer_increment() {
+        -16 => 2,
+        -32 => 4,
+        _ => return Err(Exception::Unimplemented(insn.mnemonic())),
+    };
+    let bits = bytes * 8;
+    let values: Vec<E::V> = (0..8).map(|r| read_reg_bits(e, r, bits)).collect();
+    let s = sp(e);
+    for (i, v) in values.into_iter().enumerate() {
+        let at = sp_plus(e, s, -(i as i64 + 1) * i64::from(bytes));
+        let addr = linear(e, Seg::Ss, at)?;
+        store(e, addr, v, bytes as u8)?;
+    }
+    let new = sp_plus(e, s, -8 * i64::from(bytes));
+    set_sp(e, new);
+    Ok(())
+}
+
+/// POPA/POPAD: pops DI, SI, BP, (SP discarded), BX, DX, CX, AX; every load comes before the
+/// first register write.
+pub fn popa<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    let bytes = match insn.stack_pointer_increment() {
+        16 => 2,
+        32 => 4,
+        _ => return Err(Exception::Unimplemented(insn.mnemonic())),
+    };
+    let s = sp(e);
+    let mut values = Vec::with_capacity(8);
+    for i in 0..8i64 {
+        let at = sp_plus(e, s, i * i64::from(bytes));
+        let addr = linear(e, Seg::Ss, at)?;
+        values.push(load(e, addr, bytes as u8)?);
+    }
+    // values[0] is DI (register 7) ... values[7] is AX (register 0); SP (values[3]) is skipped.
+    for (i, v) in values.into_iter().enumerate() {
+        let r = 7 - i;
+        if r != RSP {
+            write_reg_bits(e, r, bytes * 8, v);
+        }
+    }
+    let new = sp_plus(e, s, 8 * i64::from(bytes));
+    set_sp(e, new);
+    Ok(())
+}
