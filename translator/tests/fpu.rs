@@ -879,3 +879,26 @@ fn sse_random_operands_match_host_in_every_mode() {
         assert_eq!(r.cpu.fpu.mxcsr, wcsr, "op {op} csr {csr:#x}");
     }
 }
+
+#[test]
+fn fxsave_32_bit_layout_keeps_offsets_and_eight_xmm() {
+    let mut r = Run::new(32, |a| {
+        a.fninit()?;
+        a.fld(dword_ptr(ebx + 600))?;
+        a.fxsave(ptr(ebx))
+    });
+    r.cpu.fpu.xmm[7] = [0x77; 16];
+    r.go().unwrap();
+    let img: [u8; 512] = r.get(DATA);
+    assert_eq!(
+        u32::from_le_bytes(img[8..12].try_into().unwrap()),
+        CODE as u32 + 2
+    );
+    assert_eq!(&img[12..16], &[0; 4], "FCS deprecated: zero");
+    assert_eq!(
+        u32::from_le_bytes(img[16..20].try_into().unwrap()),
+        DATA as u32 + 600
+    );
+    assert_eq!(&img[272..288], &[0x77; 16]);
+    assert_eq!(u16::from_le_bytes([img[6], img[7]]), 0x0183, "FOP: D9 83");
+}

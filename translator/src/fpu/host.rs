@@ -721,3 +721,44 @@ pub fn cmp_op(m: Mnemonic, imm: u8) -> Option<HostOp> {
     };
     Some(HostOp(f))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x87_refuses_what_the_buffer_or_decoder_cannot_hold() {
+        let mut img = FxArea::default();
+        img.0[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+        let mut buf = [0u8; 16];
+        // FNSAVE (DD /6) and FRSTOR (DD /4) touch 108 bytes; D9 D1 is not an instruction.
+        assert!(x87(&mut img, &mut buf, 0xdd, 0x30, 0).is_none());
+        assert!(x87(&mut img, &mut buf, 0xdd, 0x20, 0).is_none());
+        assert!(x87(&mut img, &mut buf, 0xd9, 0xd1, 0).is_none());
+        assert!(x87(&mut img, &mut buf, 0x0f, 0xc0, 0).is_none());
+        // FLD1 works and pushes.
+        assert!(x87(&mut img, &mut buf, 0xd9, 0xe8, 0).is_some());
+        assert_eq!(u16::from_le_bytes([img.0[2], img.0[3]]) >> 11, 7);
+    }
+
+    #[test]
+    fn sse_run_reports_flags_and_leaves_host_mxcsr() {
+        let before = host_mxcsr();
+        let op = xmm_op(Mnemonic::Divss).expect("divss");
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&1.0f32.to_le_bytes());
+        let b = [0u8; 16];
+        // Guest MXCSR with every exception unmasked: the host still runs masked.
+        let flags = run(op, &mut a, &b, 0, &mut 0);
+        assert_eq!(flags, 4);
+        assert_eq!(f32::from_le_bytes([a[0], a[1], a[2], a[3]]), f32::INFINITY);
+        assert_eq!(host_mxcsr(), before);
+    }
+
+    fn host_mxcsr() -> u32 {
+        let mut v = 0u32;
+        // SAFETY: STMXCSR stores 4 bytes to a valid local.
+        unsafe { asm!("stmxcsr [{}]", in(reg) &mut v, options(nostack)) };
+        v
+    }
+}
