@@ -60,6 +60,49 @@ const IMAGES: &[Image] = &[
         arch: Arch::I386,
         kind: Kind::Elf,
     },
+    // System test images (test-images/systests/README.md): x86-64 objects linked as ELF32.
+    Image {
+        name: "systest_modes",
+        source: "test-images/systests/modes.S",
+        script: "test-images/systests/systest.ld",
+        arch: Arch::X86_64,
+        kind: Kind::Elf,
+    },
+    Image {
+        name: "systest_exceptions",
+        source: "test-images/systests/exceptions.S",
+        script: "test-images/systests/systest.ld",
+        arch: Arch::X86_64,
+        kind: Kind::Elf,
+    },
+    Image {
+        name: "systest_paging",
+        source: "test-images/systests/paging.S",
+        script: "test-images/systests/systest.ld",
+        arch: Arch::X86_64,
+        kind: Kind::Elf,
+    },
+    Image {
+        name: "systest_smc",
+        source: "test-images/systests/smc.S",
+        script: "test-images/systests/systest.ld",
+        arch: Arch::X86_64,
+        kind: Kind::Elf,
+    },
+    Image {
+        name: "systest_syscall",
+        source: "test-images/systests/syscall.S",
+        script: "test-images/systests/systest.ld",
+        arch: Arch::X86_64,
+        kind: Kind::Elf,
+    },
+    Image {
+        name: "systest_interrupts",
+        source: "test-images/systests/interrupts.S",
+        script: "test-images/systests/systest.ld",
+        arch: Arch::X86_64,
+        kind: Kind::Elf,
+    },
 ];
 
 /// Directory of `.include` files shared by the guests.
@@ -70,6 +113,7 @@ fn main() {
     println!("cargo:rerun-if-changed=test-images/guest_build.rs");
     println!("cargo:rerun-if-changed={INCLUDE_DIR}");
     println!("cargo:rerun-if-changed={INCLUDE_DIR}/pc.inc");
+    println!("cargo:rerun-if-changed=test-images/systests");
     for image in IMAGES {
         println!("cargo:rerun-if-changed={}", image.source);
         println!("cargo:rerun-if-changed={}", image.script);

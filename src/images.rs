@@ -71,6 +71,45 @@ pub const ACPI_TEST_EXIT_FAILED: u32 = 1;
 /// Process exit status of a failing ACPI test run: `(1 << 1) | 1` = 3.
 pub const ACPI_TEST_FAIL_STATUS: i32 = exit_status(ACPI_TEST_EXIT_FAILED) as i32;
 
+/// The system test images (`test-images/systests/`): Multiboot ELF32 kernels that print
+/// `PASS: <check>` / `FAIL: <check> ...` lines and `SUMMARY: <passed>/<total>` on COM1, then
+/// exit through isa-debug-exit with [`SYSTEST_EXIT_VALUE`] (all passed) or 1. In README order.
+pub const SYSTESTS: &[(&str, &[u8])] = &[
+    (
+        "modes",
+        include_bytes!(concat!(env!("OUT_DIR"), "/systest_modes.elf")),
+    ),
+    (
+        "exceptions",
+        include_bytes!(concat!(env!("OUT_DIR"), "/systest_exceptions.elf")),
+    ),
+    (
+        "paging",
+        include_bytes!(concat!(env!("OUT_DIR"), "/systest_paging.elf")),
+    ),
+    (
+        "smc",
+        include_bytes!(concat!(env!("OUT_DIR"), "/systest_smc.elf")),
+    ),
+    (
+        "syscall",
+        include_bytes!(concat!(env!("OUT_DIR"), "/systest_syscall.elf")),
+    ),
+    (
+        "interrupts",
+        include_bytes!(concat!(env!("OUT_DIR"), "/systest_interrupts.elf")),
+    ),
+];
+
+/// Debug-exit value of a system test image when every check passed (a failure writes 1).
+pub const SYSTEST_EXIT_VALUE: u32 = 0;
+
+/// Process exit status of a system test image whose checks all passed: 1.
+pub const SYSTEST_EXIT_STATUS: i32 = exit_status(SYSTEST_EXIT_VALUE) as i32;
+
+/// Process exit status of a system test image with at least one failed check: 3.
+pub const SYSTEST_FAIL_STATUS: i32 = exit_status(1) as i32;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +317,36 @@ mod acpi_test_image_tests {
         assert!(source.lines().any(|l| l.trim().starts_with(&line)));
         assert_eq!(ACPI_TEST_FAIL_STATUS, 3);
         assert_eq!(ACPI_TEST_EXIT_STATUS, 0);
+    }
+}
+
+#[cfg(test)]
+mod systest_image_tests {
+    use super::*;
+
+    fn le32(bytes: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+    }
+
+    /// x86-64 objects linked with OUTPUT_FORMAT(elf32-i386): still ELF32/EM_386 with a valid
+    /// Multiboot header, which is what QEMU's and ringzero's Multiboot loaders accept.
+    #[test]
+    fn systests_are_multiboot_elf32_kernels_at_1_mib() {
+        assert!(!SYSTESTS.is_empty());
+        for (name, elf) in SYSTESTS {
+            assert_eq!(&elf[..4], b"\x7fELF", "{name}");
+            assert_eq!(elf[4], 1, "{name}: ELFCLASS32");
+            assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 3, "{name}: EM_386");
+            let entry = le32(elf, 24);
+            assert!((0x10_0000..0x20_0000).contains(&entry), "{name}: {entry:#x}");
+            let header = (0..elf.len().min(8192) - 12)
+                .step_by(4)
+                .find(|&off| le32(elf, off) == 0x1BAD_B002)
+                .unwrap_or_else(|| panic!("{name}: no multiboot header"));
+            let sum = (0..3).fold(0u32, |s, i| s.wrapping_add(le32(elf, header + 4 * i)));
+            assert_eq!(sum, 0, "{name}");
+        }
+        assert_eq!(SYSTEST_EXIT_STATUS, 1);
+        assert_eq!(SYSTEST_FAIL_STATUS, 3);
     }
 }
