@@ -103,6 +103,13 @@ const IMAGES: &[Image] = &[
         arch: Arch::X86_64,
         kind: Kind::Elf,
     },
+    Image {
+        name: "systest_fpu",
+        source: "test-images/systests/fpu.S",
+        script: "test-images/systests/systest.ld",
+        arch: Arch::X86_64,
+        kind: Kind::Elf,
+    },
 ];
 
 /// Directory of `.include` files shared by the guests.

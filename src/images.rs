@@ -99,6 +99,10 @@ pub const SYSTESTS: &[(&str, &[u8])] = &[
         "interrupts",
         include_bytes!(concat!(env!("OUT_DIR"), "/systest_interrupts.elf")),
     ),
+    (
+        "fpu",
+        include_bytes!(concat!(env!("OUT_DIR"), "/systest_fpu.elf")),
+    ),
 ];
 
 /// Debug-exit value of a system test image when every check passed (a failure writes 1).
@@ -338,7 +342,10 @@ mod systest_image_tests {
             assert_eq!(elf[4], 1, "{name}: ELFCLASS32");
             assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 3, "{name}: EM_386");
             let entry = le32(elf, 24);
-            assert!((0x10_0000..0x20_0000).contains(&entry), "{name}: {entry:#x}");
+            assert!(
+                (0x10_0000..0x20_0000).contains(&entry),
+                "{name}: {entry:#x}"
+            );
             let header = (0..elf.len().min(8192) - 12)
                 .step_by(4)
                 .find(|&off| le32(elf, off) == 0x1BAD_B002)
