@@ -129,7 +129,7 @@ macro_rules! systests {
             use super::*;
             $(
                 #[test]
-                #[ignore = "the bt backend does not run system code yet"]
+                #[ignore = "bt backend acceptance: cargo test --test systests -- --ignored bt::"]
                 fn $name() {
                     run_systest("bt", stringify!($name));
                 }
