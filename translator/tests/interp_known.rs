@@ -1035,3 +1035,16 @@ fn pushad_and_popad_save_and_restore_every_register() {
         "popad restores what pushad saved"
     );
 }
+
+#[test]
+fn prefetch_hints_never_touch_memory() {
+    let mut t = Run::new(64, |c| {
+        c.prefetchw(byte_ptr(rax))?;
+        c.endbr64()?;
+        c.nop()
+    });
+    // Unbacked address: a real access would fault; a hint must not.
+    t.cpu.gpr[reg::RAX] = 0xdead_0000_0000;
+    t.end = CODE + 3 + 4;
+    t.go().unwrap();
+}

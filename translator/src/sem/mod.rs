@@ -35,7 +35,8 @@
 //!   (CPL/IOPL rules for IF and IOPL; virtual-8086 POPF not modelled).
 //! - Strings: MOVS, STOS, LODS, CMPS, SCAS with REP/REPE/REPNE, DF and 16/32/64-bit address
 //!   sizes, one element per execution ([`string`]).
-//! - Misc: CBW/CWDE/CDQE, CWD/CDQ/CQO, LAHF, SAHF, CLC, STC, CMC, CLD, STD, NOP, PAUSE, UD2
+//! - Misc: CBW/CWDE/CDQE, CWD/CDQ/CQO, LAHF, SAHF, CLC, STC, CMC, CLD, STD, NOP, PAUSE,
+//!   PREFETCH/PREFETCHW (hints), ENDBR32/ENDBR64/RDSSP (NOPs without CET), UD2
 //!   (#UD), INT3 (#BP as a trap: RIP after the instruction).
 //! - Bits: BT/BTS/BTR/BTC (register and memory, memory bit offsets beyond the operand), BSF,
 //!   BSR, TZCNT, LZCNT, POPCNT.
@@ -281,7 +282,18 @@ fn dispatch<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
         M::Daa | M::Das => bcd::daa_das(e, insn),
         M::Aaa | M::Aas => bcd::aaa_aas(e, insn),
         M::Aam | M::Aad => bcd::aam_aad(e, insn),
-        M::Nop | M::Pause => Ok(()),
+        // PREFETCH/PREFETCHW (0F 0D) are hints: no access, no fault, no architectural effect.
+        // ENDBR32/64 and RDSSP live in the hint-NOP space (0F 1E) and are NOPs on a CPU
+        // without CET, which the model does not advertise (static glibc puts ENDBR64 at every
+        // function entry).
+        M::Nop
+        | M::Pause
+        | M::Prefetch
+        | M::Prefetchw
+        | M::Endbr32
+        | M::Endbr64
+        | M::Rdsspd
+        | M::Rdsspq => Ok(()),
         M::Ud0 | M::Ud1 | M::Ud2 => Err(Exception::cpu(UD)),
         M::Int3 => Err(Exception::cpu(BP)),
         M::Into | M::Int | M::Int1 => Err(Exception::System(insn.mnemonic())),
