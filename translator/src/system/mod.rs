@@ -16,9 +16,11 @@
 //!   IOPL and the TSS bitmap, CLI/STI, HLT, MSRs, CPUID, RDTSC, INVLPG, SYSCALL/SYSRET,
 //!   SYSENTER/SYSEXIT, SWAPGS, INT n/INT3/INTO/INT1).
 //! - [`cpuid`]: the CPU model the BT advertises (and so implements).
+//! - [`msr`]: the model-specific registers RDMSR/WRMSR reach.
 
 pub mod cpuid;
 pub mod delivery;
+pub mod msr;
 pub mod privileged;
 pub mod segment;
 
