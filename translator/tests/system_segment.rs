@@ -69,10 +69,7 @@ fn protected_data_load_sets_accessed_bit() {
     cpu.ds = Segment::default();
     cpu.gpr[reg::RAX] = u64::from(KDATA);
     assert_eq!(run(&mut cpu, &mut mem, &[0x8e, 0xd8]), Ok(Effect::Next));
-    assert_eq!(
-        cpu.ds,
-        cached(KDATA, 0, 0xffff_ffff, 3, 0, true, true, false)
-    );
+    assert_eq!(cpu.ds, flat_data(KDATA, 3, 0));
     assert_eq!(get(&mut mem, GDT + 0x10 + 5, 1), 0x93);
     // LDT selector with RPL 3.
     cpu.gpr[reg::RAX] = 0x0f;
@@ -485,7 +482,7 @@ fn long_mode_ltr_reads_a_16_byte_descriptor() {
     assert_eq!(cpu.tr.base, 0xffff_8000_0000_0000 | TSS);
     // 16-byte descriptor beyond the limit.
     let (mut cpu, mut mem) = machine(true);
-    cpu.gdtr.limit = u16::from(TSS_SEL) + 7;
+    cpu.gdtr.limit = TSS_SEL + 7;
     cpu.gpr[reg::RAX] = u64::from(TSS_SEL);
     faults(
         &mut cpu,

@@ -406,10 +406,11 @@ fn push_sreg(
     let reg = sreg(insn.op0_register()).ok_or(ud())?;
     let bytes = stack_bytes(insn)?;
     let sel = u64::from(reg.get(cpu).selector);
-    let mut it = Interp::new(cpu, mem);
-    let v = it.imm(sel);
-    stack::push_value(&mut it, v, bytes as u32)?;
-    drop(it);
+    {
+        let mut it = Interp::new(cpu, mem);
+        let v = it.imm(sel);
+        stack::push_value(&mut it, v, bytes as u32)?;
+    }
     cpu.rip = insn.next_ip();
     Ok(Effect::Next)
 }
@@ -476,9 +477,7 @@ fn load_far_pointer(
     let (sel, off) = read_far_pointer(cpu, mem, insn, (dst.bits / 8) as usize)?;
     let load = check_load(cpu, mem, reg, sel)?;
     commit_loads(cpu, mem, &[load])?;
-    let mut it = Interp::new(cpu, mem);
-    operand::write_gpr(&mut it, dst, off);
-    drop(it);
+    operand::write_gpr(&mut Interp::new(cpu, mem), dst, off);
     cpu.rip = insn.next_ip();
     Ok(shadow_if_ss(reg))
 }

@@ -82,29 +82,20 @@ pub fn gdt(mem: &mut FlatMem, sel: u16, d: u64) {
     put(mem, GDT + u64::from(sel & !7), d, 8);
 }
 
-/// A segment as the CPU caches it after loading `sel` from this GDT.
-pub fn cached(
-    sel: u16,
-    base: u32,
-    limit: u32,
-    type_: u8,
-    dpl: u8,
-    db: bool,
-    g: bool,
-    l: bool,
-) -> Segment {
+/// A flat 4 GiB data segment as the CPU caches it after loading `sel` (type with accessed).
+pub fn flat_data(sel: u16, type_: u8, dpl: u8) -> Segment {
     Segment {
         selector: sel,
-        base: u64::from(base),
-        limit,
+        base: 0,
+        limit: 0xffff_ffff,
         type_,
         s: true,
         dpl,
         present: true,
         avl: false,
-        l,
-        db,
-        g,
+        l: false,
+        db: true,
+        g: true,
         unusable: false,
     }
 }
