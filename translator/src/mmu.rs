@@ -1,1 +1,0 @@
-//! The software MMU (being written).
