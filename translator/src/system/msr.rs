@@ -170,7 +170,7 @@ pub fn write(
             value
         }
         i if is_variable_mtrr(i) => {
-            if (i - MTRR_PHYS_BASE0) % 2 == 0 {
+            if (i - MTRR_PHYS_BASE0) & 1 == 0 {
                 check(value & (above_phys() | 0xf00) == 0 && mtrr_type_ok(value & 0xff))?;
             } else {
                 check(value & (above_phys() | 0x7ff) == 0)?;
