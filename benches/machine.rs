@@ -27,6 +27,7 @@ fn demo_guest(c: &mut Criterion) {
                 mem_size: 16 << 20,
                 serial: SerialTarget::None,
                 timeout: None,
+                trace: None,
             };
             let report = machine::run(config, |_, _| {}).expect("demo runs");
             assert_eq!(

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use crate::trace::{Syntax, TraceFormat};
+
 /// Process exit statuses that are not the guest's own (all even: debug-exit statuses are odd).
 pub mod status {
     /// Power-off, reset, or quit from the console.
@@ -141,6 +143,26 @@ pub struct RunArgs {
     /// Print exits by reason and wall time when the guest stops (to stderr).
     #[arg(long)]
     pub stats: bool,
+    /// Trace execution: `insn` records every executed instruction (BT backend; see
+    /// docs/trace.md).
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub trace: Option<TraceWhat>,
+    /// Trace record format.
+    #[arg(long, value_enum, default_value_t = TraceFormat::Text, requires = "trace")]
+    pub trace_format: TraceFormat,
+    /// Write the trace to PATH instead of stderr.
+    #[arg(long, value_name = "PATH", requires = "trace")]
+    pub trace_file: Option<PathBuf>,
+    /// Disassembly syntax in the trace.
+    #[arg(long, value_enum, default_value_t = Syntax::Intel, requires = "trace")]
+    pub syntax: Syntax,
+}
+
+/// What `--trace` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceWhat {
+    /// Every executed instruction, with the registers it wrote, and every event delivered.
+    Insn,
 }
 
 /// A `--flat PATH@ADDR` argument.

@@ -94,7 +94,9 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     }
 }
 
-fn install_kick_handler() {
+/// Installs the kick signal's handler once per process (a kick must never kill the process,
+/// whichever backend runs the vCPU thread).
+pub(crate) fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: installs a handler that only does a volatile byte store.

@@ -15,9 +15,12 @@ use ringzero_devices::{
     debug_exit::{self, DebugExit},
     fw_cfg::{self, FwCfg},
     i8042::I8042,
+    ioapic::{IoApic, IsaIrqRouter, SharedIoApic},
     irq,
+    lapic::{LocalApic, SharedLapic},
     pci::{PciBus, PciConfigIo, ResetControl},
-    pit::HostClock,
+    pic::SharedPic,
+    pit::{HostClock, Pit8254, SharedPit, TimeSource},
     rtc::CmosRtc,
     test_device::TestDevice,
     uart::Uart16550,
@@ -25,10 +28,12 @@ use ringzero_devices::{
 };
 
 use crate::acpi::{self, AcpiError, AcpiLayout};
-use crate::cli::{status, Accel, SerialTarget};
+use crate::bt::{BtError, BtPlatform, BtVcpu};
+use crate::cli::{status, Accel, SerialTarget, Syntax, TraceFormat};
 use crate::kvm::{self, KvmError, KvmVm};
 use crate::loader::{self, BootSetup, LoadError};
 use crate::memory::{GuestMemory, MemoryError};
+use crate::trace::Tracer;
 use crate::vcpu::{ExitStats, IoBuses, Vcpu, VcpuError, VcpuExit};
 
 /// Base port of the COM1 16550A UART.
@@ -85,6 +90,34 @@ pub struct MachineConfig {
     pub serial: SerialTarget,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
+    /// The instruction trace, when wanted.
+    pub trace: Option<TraceSettings>,
+}
+
+/// Where and how the instruction trace is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    /// Record format.
+    pub format: TraceFormat,
+    /// Disassembly syntax.
+    pub syntax: Syntax,
+    /// Output file; standard error when `None`.
+    pub path: Option<std::path::PathBuf>,
+}
+
+impl TraceSettings {
+    fn tracer(&self) -> Result<Tracer, MachineError> {
+        let out: Box<dyn Write + Send> = match &self.path {
+            Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+                |source| MachineError::TraceFile {
+                    path: p.display().to_string(),
+                    source,
+                },
+            )?)),
+            None => Box::new(std::io::BufWriter::new(std::io::stderr())),
+        };
+        Ok(Tracer::new(out, self.format, self.syntax))
+    }
 }
 
 /// How a run ended.
@@ -145,6 +178,9 @@ pub enum MachineError {
     /// The KVM backend could not be set up.
     #[error("--accel kvm: {0}")]
     Kvm(#[from] KvmError),
+    /// The BT backend could not be set up.
+    #[error("--accel bt: {0}")]
+    Bt(#[from] BtError),
     /// The backend failed while running.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -154,6 +190,14 @@ pub enum MachineError {
     /// A device could not be registered.
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
+    /// The trace file could not be created.
+    #[error("cannot create trace file {path}: {source}")]
+    TraceFile {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The serial output file could not be opened.
     #[error("cannot open serial output {path}: {source}")]
     SerialFile {
@@ -331,32 +375,78 @@ pub fn run(
     config: MachineConfig,
     on_start: impl FnOnce(StopHandle, Arc<Mutex<Uart16550>>),
 ) -> Result<RunReport, MachineError> {
-    let accel = resolve_accel(config.accel)?;
-    if accel != Accel::Kvm {
-        return Err(MachineError::BackendUnavailable(
-            "the binary-translation backend (--accel bt) cannot run guests yet; \
-             use --accel kvm on a host with /dev/kvm"
-                .into(),
-        ));
-    }
-    let mem = GuestMemory::new(config.mem_size)?;
-    let vm = KvmVm::new(&mem)?;
+    let accel = match (&config.trace, config.accel) {
+        (None, a) => resolve_accel(a)?,
+        // The trace is the BT's: `auto` picks it.
+        (Some(_), Accel::Auto | Accel::Bt) => Accel::Bt,
+        (Some(_), Accel::Kvm) => {
+            return Err(MachineError::BackendUnavailable(
+                "--trace insn runs under --accel bt (or auto); tracing under KVM \
+                 (single-step) is not available yet"
+                    .into(),
+            ))
+        }
+    };
+    let mem = Arc::new(GuestMemory::new(config.mem_size)?);
     let control = MachineControl::new();
-    let platform = build_platform(
-        &config,
-        mem.size(),
-        vm.irq_sink(),
-        &control,
-        cmdline_of(&config.boot),
-    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let cmdline = cmdline_of(&config.boot);
+    let (platform, mmio, mut vcpu): (Platform, Arc<Bus>, Box<dyn Vcpu>) = match accel {
+        Accel::Bt => {
+            // The board: ISA interrupt lines go to both the 8259 pair and the I/O APIC (the
+            // MADT tells Linux so), the I/O APIC delivers to the local APIC.
+            let pic = SharedPic::default();
+            let clock: Arc<dyn TimeSource> = HostClock::new();
+            let lapic = SharedLapic::new(LocalApic::new(Arc::clone(&clock)));
+            let ioapic = SharedIoApic::new(IoApic::new(Arc::new(lapic.clone())));
+            ioapic.connect_eoi(&lapic);
+            let irq: Arc<dyn IrqSink> =
+                Arc::new(IsaIrqRouter::new(pic.irq_sink(), ioapic.irq_sink()));
+            let pit = SharedPit::new(Pit8254::new(Arc::clone(&clock), irq::line(&irq, 0)));
+            let mut platform = build_platform(&config, mem.size(), irq, &control, cmdline)?;
+            pic.register(&mut platform.pio)?;
+            pit.register(&mut platform.pio)?;
+            lapic.register(&mut platform.mmio)?;
+            ioapic.register(&mut platform.mmio)?;
+            let mmio = Arc::new(std::mem::replace(
+                &mut platform.mmio,
+                Bus::new(BusKind::Mmio),
+            ));
+            let bt_platform = BtPlatform {
+                pic,
+                pit,
+                lapic,
+                clock,
+                mmio: Arc::clone(&mmio),
+            };
+            let mut vcpu = BtVcpu::new(
+                Arc::clone(&mem),
+                bt_platform,
+                Arc::clone(&control),
+                Arc::clone(&stop),
+            )?;
+            if let Some(t) = &config.trace {
+                vcpu.set_tracer(t.tracer()?);
+            }
+            (platform, mmio, Box::new(vcpu))
+        }
+        Accel::Kvm | Accel::Auto => {
+            let vm = KvmVm::new(&mem)?;
+            let mut platform =
+                build_platform(&config, mem.size(), vm.irq_sink(), &control, cmdline)?;
+            let mmio = Arc::new(std::mem::replace(
+                &mut platform.mmio,
+                Bus::new(BusKind::Mmio),
+            ));
+            let vcpu = vm.create_vcpu(0, Arc::clone(&control), Arc::clone(&stop))?;
+            (platform, mmio, Box::new(vcpu))
+        }
+    };
     // Firmware tables first: a loader may still place guest bytes over them (a flat image below
     // 1 MiB is the guest's own business).
     acpi::write_tables(&mem, &AcpiLayout::default())?;
     let setup = load(&mem, &config.boot)?;
     log::info!("{}", setup.summary);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut vcpu = vm.create_vcpu(0, Arc::clone(&control), Arc::clone(&stop))?;
     vcpu.set_state(&setup.cpu)?;
 
     let handle = StopHandle {
@@ -370,7 +460,7 @@ pub fn run(
 
     let io = IoBuses {
         pio: &platform.pio,
-        mmio: &platform.mmio,
+        mmio: &mmio,
     };
     let started = Instant::now();
     let outcome = loop {

@@ -7,7 +7,9 @@ use clap::Parser;
 use ringzero::cli::{status, Cli, Command, DifftestArgs, DifftestMode, RunArgs, SerialTarget};
 use ringzero::difftest::{driver, gen::Family, DifftestError, Mode};
 use ringzero::loader::{self, KernelKind};
-use ringzero::machine::{self, BootSource, MachineConfig, RunOutcome, DEFAULT_LINUX_CMDLINE};
+use ringzero::machine::{
+    self, BootSource, MachineConfig, RunOutcome, TraceSettings, DEFAULT_LINUX_CMDLINE,
+};
 use ringzero_devices::terminal::{self, TerminalInput};
 
 fn main() -> ExitCode {
@@ -98,6 +100,11 @@ fn run(args: RunArgs) -> Result<u8> {
         mem_size: args.mem,
         serial: args.serial.clone(),
         timeout: args.timeout,
+        trace: args.trace.map(|_| TraceSettings {
+            format: args.trace_format,
+            syntax: args.syntax,
+            path: args.trace_file.clone(),
+        }),
     };
     let mut terminal = None;
     let report = machine::run(config, |stop, uart| {

@@ -9,6 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use ringzero_devices::Bus;
+use ringzero_translator::system::TrapKind;
 use ringzero_translator::CpuState;
 
 /// Why control left guest code, in one vocabulary for every backend.
@@ -74,16 +75,44 @@ impl fmt::Display for ExitKind {
     }
 }
 
-/// Exit counts by kind.
+/// Exit counts by kind, BT trap counts by kind, and backend counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExitStats {
     counts: [u64; ExitKind::ALL.len()],
+    traps: [u64; TrapKind::ALL.len()],
+    /// Backend-specific counters (instructions, translations, ...), by stable name.
+    counters: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl ExitStats {
     /// Counts one exit of `kind`.
     pub fn record(&mut self, kind: ExitKind) {
         self.counts[kind as usize] += 1;
+    }
+
+    /// Counts `n` exits of `kind`.
+    pub fn add(&mut self, kind: ExitKind, n: u64) {
+        self.counts[kind as usize] += n;
+    }
+
+    /// Counts one instruction the BT monitor ran itself, by trap kind.
+    pub fn record_trap(&mut self, kind: TrapKind) {
+        self.traps[kind as usize] += 1;
+    }
+
+    /// How many traps of `kind` were counted.
+    pub fn trap_count(&self, kind: TrapKind) -> u64 {
+        self.traps[kind as usize]
+    }
+
+    /// Sets a backend counter.
+    pub fn set_counter(&mut self, name: &'static str, value: u64) {
+        self.counters.insert(name, value);
+    }
+
+    /// A backend counter, if set.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.counters.get(name).copied()
     }
 
     /// How many exits of `kind` were counted.
@@ -113,6 +142,18 @@ impl ExitStats {
         );
         for (k, n) in self.nonzero() {
             s.push_str(&format!("  {:<16} {n:>12}\n", k.name()));
+        }
+        let traps: u64 = self.traps.iter().sum();
+        if traps > 0 {
+            s.push_str(&format!("traps={traps}\n"));
+            for (k, n) in TrapKind::ALL.iter().zip(self.traps) {
+                if n > 0 {
+                    s.push_str(&format!("  {:<20} {n:>12}\n", k.name()));
+                }
+            }
+        }
+        for (name, n) in &self.counters {
+            s.push_str(&format!("{name}={n}\n"));
         }
         s
     }

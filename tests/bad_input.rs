@@ -71,12 +71,6 @@ fn kvm_device_absent_with_accel_kvm() {
 }
 
 #[test]
-fn bt_backend_says_it_cannot_run_yet() {
-    let o = ringzero(&["run", "--accel", "bt"]);
-    assert_one_line_error(&o, "cannot run guests yet");
-}
-
-#[test]
 fn initrd_without_kernel_is_rejected() {
     let o = ringzero(&["run", "--initrd", "/etc/hostname"]);
     assert_one_line_error(&o, "--initrd and --append need --kernel or --multiboot");

@@ -110,7 +110,7 @@ fn run_systest(accel: &str, name: &str) {
     eprintln!("{name} under {accel}: {pass} passed in {elapsed:?}");
 }
 
-/// One `kvm::<image>` test and one ignored `bt::<image>` test per image.
+/// One `kvm::<image>` test and one `bt::<image>` test per image (BT needs no KVM).
 macro_rules! systests {
     ($($name:ident),* $(,)?) => {
         mod kvm {
@@ -129,7 +129,6 @@ macro_rules! systests {
             use super::*;
             $(
                 #[test]
-                #[ignore = "bt backend acceptance: cargo test --test systests -- --ignored bt::"]
                 fn $name() {
                     run_systest("bt", stringify!($name));
                 }

@@ -27,6 +27,8 @@ pub struct Interp<'a> {
     stack_bits: u32,
     cpl: u8,
     alignment_checks: bool,
+    /// A store of the current block hit a page holding translations (self-modifying code).
+    code_written: bool,
 }
 
 impl<'a> Interp<'a> {
@@ -51,6 +53,7 @@ impl<'a> Interp<'a> {
             stack_bits,
             cpl,
             alignment_checks,
+            code_written: false,
         }
     }
 
@@ -191,6 +194,9 @@ impl Emitter for Interp<'_> {
     fn store(&mut self, addr: u64, v: u64, size: u8) -> Result<(), Exception> {
         let n = usize::from(size).min(8);
         self.mem.write(addr, &v.to_le_bytes()[..n])?;
+        if self.mem.code_write_pending() {
+            self.code_written = true;
+        }
         Ok(())
     }
 
@@ -288,7 +294,8 @@ pub struct BlockExit {
 /// Runs pre-decoded instructions in order while RIP follows them, so cold code is decoded once.
 ///
 /// Stops after the last one, at the first instruction whose address is not the current RIP (a
-/// branch left the sequence), or at an exception. Lazy flags carry across the instructions and
+/// branch left the sequence), at an exception, or after an instruction that stored into a page
+/// holding translations (the rest of the block may have been rewritten). Lazy flags carry across the instructions and
 /// are folded into RFLAGS at the end.
 pub fn run_block(cpu: &mut CpuState, mem: &mut dyn GuestMem, insns: &[Instruction]) -> BlockExit {
     let mut it = Interp::new(cpu, mem);
@@ -301,7 +308,12 @@ pub fn run_block(cpu: &mut CpuState, mem: &mut dyn GuestMem, insns: &[Instructio
             break;
         }
         match it.execute(insn) {
-            Ok(()) => exit.executed += 1,
+            Ok(()) => {
+                exit.executed += 1;
+                if it.code_written {
+                    break;
+                }
+            }
             Err(e) => {
                 exit.exception = Some(e);
                 break;

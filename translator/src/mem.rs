@@ -5,7 +5,7 @@
 //! checks permissions and reports a refused access as the guest exception it causes
 //! ([`Exception::PageFault`], ...). [`FlatMem`] is a plain RAM window where linear equals
 //! physical, for tests and the hardware oracle; the full-system memory (MMU + RAM + MMIO) is
-//! [`crate::system::SystemMem`].
+//! [`crate::mmu::SystemMem`].
 
 /// An access to guest-physical memory that nothing backs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +49,12 @@ pub trait GuestMem {
     /// The engine holds translations of physical page `phys_page` (address >> 12): writes
     /// into it must be reported through [`GuestMem::take_code_writes`].
     fn watch_code_page(&mut self, _phys_page: u64) {}
+    /// Whether a store hit a watched page since the last [`GuestMem::take_code_writes`]: the
+    /// tiers end the running block after the storing instruction, so the rest of the block's
+    /// (possibly rewritten) bytes are decoded again.
+    fn code_write_pending(&self) -> bool {
+        false
+    }
     /// Appends the watched physical pages written since the last call to `pages`; returns
     /// whether there were any (cheap when none: the engine asks after every block).
     fn take_code_writes(&mut self, _pages: &mut Vec<u64>) -> bool {

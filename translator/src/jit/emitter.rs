@@ -73,6 +73,8 @@ pub(crate) struct JitEmitter<'a, 'f> {
     dirty: u32,
     flags: FlagState<Value>,
     jump: Option<Value>,
+    /// The current instruction emitted a store (it may have rewritten code).
+    stored: bool,
     code_bits: u32,
     stack_bits: u32,
     cpl: u8,
@@ -161,6 +163,7 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
             dirty: 0,
             flags: FlagState::Materialized,
             jump: None,
+            stored: false,
             code_bits,
             stack_bits,
             cpl,
@@ -181,12 +184,36 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
         self.insn = (index, ip, next);
         self.saved_flags = self.flags;
         self.jump = None;
+        self.stored = false;
         self.fault_exit = None;
     }
 
     /// The branch target the instruction set, if it transferred control.
     pub(crate) fn take_jump(&mut self) -> Option<Value> {
         self.jump.take()
+    }
+
+    /// Whether the current instruction emitted a store.
+    pub(crate) fn stored(&self) -> bool {
+        self.stored
+    }
+
+    /// Leaves the block with RIP = `rip` when a store of this instruction hit a page holding
+    /// translations (`RunCtx::code_written`), so the following bytes are decoded afresh.
+    pub(crate) fn exit_if_code_written(&mut self, rip: Value, executed: usize) {
+        let written = self.b.ins().load(
+            types::I64,
+            MemFlagsData::trusted(),
+            self.ctx,
+            offset_of!(RunCtx<'_>, code_written) as i32,
+        );
+        let exit = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.set_cold_block(exit);
+        self.b.ins().brif(written, exit, &[], cont, &[]);
+        self.b.switch_to_block(exit);
+        self.exit_normal(rip, executed);
+        self.b.switch_to_block(cont);
     }
 
     /// Stores every register written so far, the folded flags and `rip`, and returns `code`.
@@ -496,6 +523,7 @@ impl Emitter for JitEmitter<'_, '_> {
         let f = jit_store as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64, u64) -> u64;
         let fault = self.helper(self.helpers.store, f as usize, &[self.ctx, addr, v, sz]);
         self.side_exit(fault, Exception::Memory(placeholder_fault(true)));
+        self.stored = true;
         Ok(())
     }
 

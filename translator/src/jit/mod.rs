@@ -255,6 +255,15 @@ impl Jit {
             match r {
                 Ok(()) => {
                     let jump = e.take_jump();
+                    if e.stored() && insns.get(i + 1).is_some() {
+                        // A store into translated code ends the block after this
+                        // instruction: the rest may have been rewritten.
+                        let rip = match jump {
+                            Some(t) => t,
+                            None => e.imm(insn.next_ip()),
+                        };
+                        e.exit_if_code_written(rip, i + 1);
+                    }
                     match (jump, insns.get(i + 1)) {
                         (Some(t), Some(next)) => e.exit_unless_falls_to(t, next.ip(), i + 1),
                         (Some(t), None) => {

@@ -18,6 +18,9 @@ pub struct RunCtx<'a> {
     pub div_q: u64,
     /// Remainder written by [`jit_div_wide`].
     pub div_r: u64,
+    /// Set to 1 by a store that hit a page holding translations: the block ends after the
+    /// storing instruction (self-modifying code).
+    pub code_written: u64,
     /// The memory fault (page fault, unbacked access, ...) that ended the block, if any.
     pub fault: Option<Exception>,
     /// Guest memory the helpers access.
@@ -31,6 +34,7 @@ impl<'a> RunCtx<'a> {
             status: 0,
             div_q: 0,
             div_r: 0,
+            code_written: 0,
             fault: None,
             mem,
         }
@@ -65,7 +69,12 @@ pub unsafe extern "C" fn jit_store(ctx: *mut RunCtx<'_>, addr: u64, value: u64, 
     let ctx = unsafe { &mut *ctx };
     let n = usize::try_from(size).unwrap_or(8).min(8);
     match ctx.mem.write(addr, &value.to_le_bytes()[..n]) {
-        Ok(()) => 0,
+        Ok(()) => {
+            if ctx.mem.code_write_pending() {
+                ctx.code_written = 1;
+            }
+            0
+        }
         Err(f) => {
             ctx.fault = Some(f);
             1

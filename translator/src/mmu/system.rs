@@ -463,6 +463,10 @@ impl GuestMem for SystemMem {
         }
     }
 
+    fn code_write_pending(&self) -> bool {
+        !self.code_writes.is_empty()
+    }
+
     fn take_code_writes(&mut self, pages: &mut Vec<u64>) -> bool {
         if self.code_writes.is_empty() {
             return false;

@@ -1,0 +1,647 @@
+//! The binary-translation backend (`--accel bt`): the machine's CPU run by the translator.
+//!
+//! [`BtVcpu`] is the monitor. It runs guest code in slices through the translator's
+//! [`Engine`] (interpreter tier, Cranelift tier when hot) over a [`SystemMem`] (software MMU in
+//! front of RAM and the MMIO bus). The tiers stop before every privileged or sensitive
+//! instruction ([`Exception::System`]); the monitor executes it with [`system::execute`],
+//! counting it by [`TrapKind`]. Faults the tiers raise are delivered through the IVT/IDT by
+//! [`delivery::deliver`]; a fault during #DF delivery shuts the CPU down (triple fault).
+//!
+//! Between slices the monitor polls the timers (PIT) and takes a pending external interrupt
+//! from the 8259 PIC when RFLAGS.IF = 1 and no STI/MOV SS shadow is active. The shadow is
+//! honoured by running exactly one instruction before looking at interrupts again. HLT parks
+//! the thread until the PIC raises INTR or the next timer deadline, never spinning a core.
+//!
+//! Time: the guest TSC runs at [`TSC_HZ`] from the host's monotonic clock (the same clock the
+//! PIT counts on), so it never goes backwards and survives WRMSR to IA32_TSC as an offset.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use ringzero_devices::lapic::SharedLapic;
+use ringzero_devices::pic::SharedPic;
+use ringzero_devices::pit::{SharedPit, TimeSource};
+use ringzero_devices::{Bus, MachineControl};
+use ringzero_translator::engine::{Engine, StopReason};
+use ringzero_translator::interp;
+use ringzero_translator::mem::GuestMem;
+use ringzero_translator::mmu::{PhysMem, RamPage, SystemMem};
+use ringzero_translator::sem::{self, Exception};
+use ringzero_translator::state::rflags;
+use ringzero_translator::system::{self, delivery, Effect, Event, EventKind, SystemBus};
+use ringzero_translator::CpuState;
+
+use crate::memory::GuestMemory;
+use crate::trace::{TraceEvent, Tracer};
+use crate::vcpu::{ExitKind, ExitStats, IoBuses, Vcpu, VcpuError, VcpuExit};
+
+/// IA32_APIC_BASE bit 11: the local APIC is enabled.
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+
+/// Guest time-stamp counter frequency: 1 GHz, one tick per host nanosecond.
+pub const TSC_HZ: u64 = 1_000_000_000;
+
+/// Instructions per slice between timer and interrupt checks (~0.1–1 ms of guest time).
+const SLICE: u64 = 20_000;
+
+/// Longest a halted CPU sleeps before re-checking the stop flag and the machine events.
+const HALT_POLL: Duration = Duration::from_millis(10);
+
+/// Guest-physical memory for the MMU: RAM from [`GuestMemory`], everything else the MMIO bus.
+pub struct MachinePhys {
+    ram: Arc<GuestMemory>,
+    mmio: Arc<Bus>,
+    counters: Arc<MmioCounters>,
+}
+
+/// MMIO accesses made through [`MachinePhys`] (for the exit statistics).
+#[derive(Default)]
+pub struct MmioCounters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl MachinePhys {
+    /// Physical memory over `ram` and the `mmio` bus, counting MMIO accesses into `counters`.
+    pub fn new(ram: Arc<GuestMemory>, mmio: Arc<Bus>, counters: Arc<MmioCounters>) -> Self {
+        MachinePhys {
+            ram,
+            mmio,
+            counters,
+        }
+    }
+}
+
+impl PhysMem for MachinePhys {
+    fn read_phys(&mut self, addr: u64, buf: &mut [u8]) {
+        if self.ram.read(addr, buf).is_ok() {
+            return;
+        }
+        if buf.len() > 1 && (self.ram.is_ram(addr, 1) || self.ram.is_ram(addr_end(addr, buf), 1)) {
+            // Straddles RAM and something else: byte by byte.
+            for (i, b) in buf.iter_mut().enumerate() {
+                self.read_phys(addr.wrapping_add(i as u64), std::slice::from_mut(b));
+            }
+            return;
+        }
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.mmio.read(addr, buf);
+    }
+
+    fn write_phys(&mut self, addr: u64, data: &[u8]) {
+        if self.ram.write(addr, data).is_ok() {
+            return;
+        }
+        if data.len() > 1
+            && (self.ram.is_ram(addr, 1)
+                || self.ram.is_ram(addr.wrapping_add(data.len() as u64 - 1), 1))
+        {
+            for (i, b) in data.iter().enumerate() {
+                self.write_phys(addr.wrapping_add(i as u64), std::slice::from_ref(b));
+            }
+            return;
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.mmio.write(addr, data);
+    }
+
+    fn ram_page(&mut self, phys_page: u64) -> Option<RamPage> {
+        let addr = phys_page.checked_mul(4096)?;
+        let p = std::ptr::NonNull::new(self.ram.host_ptr(addr, 4096).ok()?)?;
+        // SAFETY: `host_ptr` checked that the whole page is inside one RAM mapping, which lives
+        // as long as the `Arc<GuestMemory>` this value holds; GuestMemory owns its bytes through
+        // the mapping (its accessors copy through raw pointers, never hand out references);
+        // the machine never remaps RAM while it runs.
+        Some(unsafe { RamPage::new(p) })
+    }
+}
+
+fn addr_end(addr: u64, buf: &[u8]) -> u64 {
+    addr.wrapping_add(buf.len().saturating_sub(1) as u64)
+}
+
+/// Wakes a halted vCPU thread when an interrupt arrives.
+#[derive(Default)]
+struct Waker {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Waker {
+    fn wake(&self) {
+        *self.flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Sleeps until woken or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        let mut woken = self.flag.lock().unwrap_or_else(|p| p.into_inner());
+        if !*woken {
+            woken = self
+                .cv
+                .wait_timeout(woken, timeout)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        *woken = false;
+    }
+}
+
+/// The interrupt controllers and timers the BT CPU polls.
+pub struct BtPlatform {
+    /// The 8259 pair (INTR to the CPU).
+    pub pic: SharedPic,
+    /// The 8254 (IRQ 0).
+    pub pit: SharedPit,
+    /// The local APIC (xAPIC at 0xFEE0_0000; the I/O APIC delivers to it).
+    pub lapic: SharedLapic,
+    /// The clock both count on.
+    pub clock: Arc<dyn TimeSource>,
+    /// The MMIO bus (shared with the MMU's physical memory).
+    pub mmio: Arc<Bus>,
+}
+
+/// One CPU run by binary translation.
+pub struct BtVcpu {
+    cpu: CpuState,
+    engine: Engine,
+    mem: SystemMem,
+    platform: BtPlatform,
+    control: Arc<MachineControl>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    stats: ExitStats,
+    mmio: Arc<MmioCounters>,
+    /// Added to the clock to give the guest TSC (IA32_TSC writes move it).
+    tsc_offset: u64,
+    /// An STI/MOV SS shadow is active: run one instruction before taking interrupts.
+    shadow: bool,
+    /// Guest instructions retired (tiers and monitor).
+    instructions: u64,
+    /// The instruction trace, when on (the run then steps one instruction at a time).
+    tracer: Option<Tracer>,
+    /// Events delivered since the last trace record, written after it.
+    trace_events: Vec<TraceEvent>,
+}
+
+/// Errors creating the BT backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BtError {
+    /// The translator could not be set up on this host.
+    #[error("binary translator: {0}")]
+    Engine(#[from] ringzero_translator::engine::EngineError),
+}
+
+impl BtVcpu {
+    /// A CPU over `ram` and the platform's devices, in `cpu`'s state.
+    pub fn new(
+        ram: Arc<GuestMemory>,
+        platform: BtPlatform,
+        control: Arc<MachineControl>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, BtError> {
+        let mmio = Arc::new(MmioCounters::default());
+        let phys = MachinePhys::new(ram, Arc::clone(&platform.mmio), Arc::clone(&mmio));
+        let waker = Arc::new(Waker::default());
+        let w = Arc::clone(&waker);
+        platform.pic.set_notifier(Arc::new(move || w.wake()));
+        let w = Arc::clone(&waker);
+        platform.lapic.set_notifier(Arc::new(move || w.wake()));
+        crate::kvm::install_kick_handler();
+        Ok(BtVcpu {
+            cpu: CpuState::default(),
+            engine: Engine::new()?,
+            mem: SystemMem::new(Box::new(phys)),
+            platform,
+            control,
+            stop,
+            waker,
+            stats: ExitStats::default(),
+            mmio,
+            tsc_offset: 0,
+            shadow: false,
+            instructions: 0,
+            tracer: None,
+            trace_events: Vec::new(),
+        })
+    }
+
+    /// Turns the instruction trace on: from now on every instruction is recorded.
+    pub fn set_tracer(&mut self, tracer: Tracer) {
+        self.tracer = Some(tracer);
+    }
+
+    /// Guest instructions retired so far.
+    pub fn instructions(&self) -> u64 {
+        self.instructions
+    }
+
+    /// The translator's counters.
+    pub fn engine_stats(&self) -> &ringzero_translator::engine::EngineStats {
+        self.engine.stats()
+    }
+
+    fn now_tsc(&self) -> u64 {
+        self.platform.clock.now_ns().wrapping_add(self.tsc_offset)
+    }
+
+    /// Delivers due timer interrupts (PIT, local APIC timer).
+    fn poll_timers(&self) {
+        let now = self.platform.clock.now_ns();
+        if now >= self.platform.pit.deadline_ns() {
+            self.platform.pit.poll();
+        }
+        if now >= self.platform.lapic.deadline_ns() {
+            self.platform.lapic.poll();
+        }
+    }
+
+    /// The earliest timer deadline (ns on the platform clock).
+    fn next_deadline(&self) -> u64 {
+        self.platform
+            .pit
+            .deadline_ns()
+            .min(self.platform.lapic.deadline_ns())
+    }
+
+    /// Whether an interrupt or NMI is waiting that would wake a halted CPU.
+    fn wake_pending(&self) -> bool {
+        let lapic = &self.platform.lapic;
+        lapic.has_nmi()
+            || self.cpu.rflags & rflags::IF != 0
+                && (lapic.has_pending_vector()
+                    || lapic.extint_enabled() && self.platform.pic.has_pending_interrupt())
+    }
+
+    /// Takes a pending NMI or external interrupt if the CPU accepts one now: NMIs unless
+    /// blocked by a handler in progress; maskable interrupts with RFLAGS.IF = 1 from the local
+    /// APIC (I/O APIC, timer, IPIs) or, through LINT0 in ExtINT mode, the 8259 PIC.
+    fn take_interrupt(&mut self) -> Result<Option<VcpuExit>, VcpuError> {
+        if self.shadow {
+            return Ok(None);
+        }
+        let lapic = self.platform.lapic.clone();
+        if !self.cpu.events.nmi_masked && lapic.has_nmi() && lapic.take_nmi() {
+            self.cpu.halted = false;
+            return self.deliver(Event {
+                vector: 2,
+                error: None,
+                kind: EventKind::Nmi,
+            });
+        }
+        if self.cpu.rflags & rflags::IF == 0 {
+            return Ok(None);
+        }
+        let vector = if lapic.has_pending_vector() {
+            lapic.acknowledge()
+        } else if lapic.extint_enabled() && self.platform.pic.has_pending_interrupt() {
+            let v = self.platform.pic.acknowledge();
+            lapic.extint_taken();
+            Some(v)
+        } else {
+            None
+        };
+        let Some(vector) = vector else {
+            return Ok(None);
+        };
+        self.cpu.halted = false;
+        self.deliver(Event {
+            vector,
+            error: None,
+            kind: EventKind::External,
+        })
+    }
+
+    fn deliver(&mut self, event: Event) -> Result<Option<VcpuExit>, VcpuError> {
+        if self.tracer.is_some() {
+            self.trace_events.push(TraceEvent {
+                what: match event.kind {
+                    EventKind::Exception => "exception",
+                    EventKind::External => "interrupt",
+                    EventKind::Nmi => "nmi",
+                    EventKind::Software
+                    | EventKind::SoftwareException
+                    | EventKind::PrivilegedSoftware => "software_interrupt",
+                },
+                vector: event.vector,
+                error: event.error,
+                cs: self.cpu.cs.selector,
+                rip: self.cpu.rip,
+                cr2: (event.vector == sem::PF && event.kind == EventKind::Exception)
+                    .then_some(self.cpu.cr2),
+            });
+        }
+        self.mem.set_context(&self.cpu);
+        match delivery::deliver(&mut self.cpu, &mut self.mem, event) {
+            Ok(()) => Ok(None),
+            Err(delivery::TripleFault) => {
+                log::info!(
+                    "bt: triple fault delivering vector {} at {:#x}:{:#x}",
+                    event.vector,
+                    self.cpu.cs.selector,
+                    self.cpu.rip
+                );
+                self.stats.record(ExitKind::Shutdown);
+                Ok(Some(VcpuExit::Shutdown))
+            }
+        }
+    }
+
+    /// Handles why the engine stopped; `Some` ends the run.
+    fn handle(&mut self, exc: Exception, pio: &Bus) -> Result<Option<VcpuExit>, VcpuError> {
+        match exc {
+            Exception::System(_) => self.run_system(pio),
+            Exception::Cpu { vector, error } => {
+                // The tiers raise INT3 as #BP; for the guest it is a software exception (the
+                // gate's DPL is checked).
+                let kind = if vector == sem::BP {
+                    EventKind::SoftwareException
+                } else {
+                    EventKind::Exception
+                };
+                self.deliver(Event {
+                    vector,
+                    error,
+                    kind,
+                })
+            }
+            Exception::PageFault { linear, error } => {
+                self.cpu.cr2 = linear;
+                self.deliver(Event {
+                    vector: sem::PF,
+                    error: Some(error),
+                    kind: EventKind::Exception,
+                })
+            }
+            Exception::Unimplemented(m) => {
+                // Every advertised feature is implemented, so an unknown instruction is one
+                // the model does not advertise: #UD, as the CPU it claims to be would raise.
+                log::warn!(
+                    "bt: {m:?} at {:#x}:{:#x} is not implemented: #UD to the guest",
+                    self.cpu.cs.selector,
+                    self.cpu.rip
+                );
+                self.deliver(Event {
+                    vector: sem::UD,
+                    error: None,
+                    kind: EventKind::Exception,
+                })
+            }
+            Exception::Memory(f) => Err(VcpuError::GuestFailure(format!(
+                "unbacked guest memory access in the BT: {f}"
+            ))),
+            Exception::Internal(what) => Err(VcpuError::GuestFailure(format!(
+                "translator internal error at {:#x}:{:#x}: {what}",
+                self.cpu.cs.selector, self.cpu.rip
+            ))),
+        }
+    }
+
+    /// Executes the system instruction at CS:RIP in the monitor.
+    fn run_system(&mut self, pio: &Bus) -> Result<Option<VcpuExit>, VcpuError> {
+        self.mem.set_context(&self.cpu);
+        let insn = match interp::decode(&self.cpu, &mut self.mem) {
+            Ok(i) => i,
+            Err(e) => return self.handle(e, pio),
+        };
+        self.stats.record_trap(system::trap_kind(&insn));
+        // CR8 is the local APIC's TPR, which the guest can also write through MMIO.
+        self.cpu.cr8 = self.platform.lapic.cr8();
+        let (cr8, apic_base) = (self.cpu.cr8, self.cpu.apic_base);
+        let mut bus = MonitorBus {
+            pio,
+            stats: &mut self.stats,
+            clock: &*self.platform.clock,
+            tsc_offset: &mut self.tsc_offset,
+        };
+        let result = system::execute(&mut self.cpu, &mut self.mem, &mut bus, &insn);
+        if self.cpu.cr8 != cr8 {
+            self.platform.lapic.set_cr8(self.cpu.cr8);
+        }
+        if self.cpu.apic_base != apic_base {
+            let on = self.cpu.apic_base & APIC_BASE_ENABLE != 0;
+            self.platform.lapic.with(|a| a.set_hardware_enabled(on));
+        }
+        match result {
+            Ok(effect) => {
+                self.instructions += 1;
+                self.apply(effect)
+            }
+            Err(Exception::System(m)) => Err(VcpuError::GuestFailure(format!(
+                "monitor has no executor for system instruction {m:?}"
+            ))),
+            Err(e) => self.handle(e, pio),
+        }
+    }
+
+    fn apply(&mut self, effect: Effect) -> Result<Option<VcpuExit>, VcpuError> {
+        match effect {
+            Effect::Next => {}
+            Effect::Shadow => self.shadow = true,
+            Effect::Halt => self.cpu.halted = true,
+            Effect::Flush(f) => self.mem.flush(f),
+            Effect::Deliver(ev) => return self.deliver(ev),
+        }
+        Ok(None)
+    }
+
+    /// Parks a halted CPU until an interrupt can wake it; `Some` ends the run.
+    fn wait_halted(&mut self) -> Option<VcpuExit> {
+        if self.cpu.rflags & rflags::IF == 0 && !self.platform.lapic.has_nmi() {
+            // Only an NMI could wake it and nothing here raises one spontaneously: report
+            // instead of hanging forever.
+            self.stats.record(ExitKind::Halt);
+            return Some(VcpuExit::Halted);
+        }
+        let now = self.platform.clock.now_ns();
+        let wait = Duration::from_nanos(self.next_deadline().saturating_sub(now)).min(HALT_POLL);
+        if !self.wake_pending() && !wait.is_zero() {
+            self.waker.wait(wait);
+        }
+        None
+    }
+}
+
+fn trace_error(e: std::io::Error) -> VcpuError {
+    VcpuError::GuestFailure(format!("writing the trace: {e}"))
+}
+
+/// Port I/O and the TSC for the system executor.
+struct MonitorBus<'a> {
+    pio: &'a Bus,
+    stats: &'a mut ExitStats,
+    clock: &'a dyn TimeSource,
+    tsc_offset: &'a mut u64,
+}
+
+impl SystemBus for MonitorBus<'_> {
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        self.stats.record(ExitKind::PortIoIn);
+        let mut buf = [0u8; 4];
+        let n = usize::from(size).clamp(1, 4);
+        self.pio.read(u64::from(port), &mut buf[..n]);
+        u32::from_le_bytes(buf)
+    }
+
+    fn port_out(&mut self, port: u16, size: u8, value: u32) {
+        self.stats.record(ExitKind::PortIoOut);
+        let n = usize::from(size).clamp(1, 4);
+        self.pio.write(u64::from(port), &value.to_le_bytes()[..n]);
+    }
+
+    fn tsc(&mut self) -> u64 {
+        self.clock.now_ns().wrapping_add(*self.tsc_offset)
+    }
+
+    fn set_tsc(&mut self, value: u64) {
+        *self.tsc_offset = value.wrapping_sub(self.clock.now_ns());
+    }
+}
+
+impl Vcpu for BtVcpu {
+    fn backend(&self) -> &'static str {
+        "bt"
+    }
+
+    fn run(&mut self, io: &IoBuses<'_>) -> Result<VcpuExit, VcpuError> {
+        let r = self.run_loop(io);
+        self.sync_stats();
+        if let Some(t) = self.tracer.as_mut() {
+            t.flush().map_err(trace_error)?;
+        }
+        r
+    }
+
+    fn state(&mut self) -> Result<CpuState, VcpuError> {
+        let mut s = self.cpu.clone();
+        s.set_msr(ringzero_translator::state::msr::TSC, self.now_tsc());
+        Ok(s)
+    }
+
+    fn set_state(&mut self, state: &CpuState) -> Result<(), VcpuError> {
+        self.cpu = state.clone();
+        if let Some(tsc) = state.msr(ringzero_translator::state::msr::TSC) {
+            self.tsc_offset = tsc.wrapping_sub(self.platform.clock.now_ns());
+        }
+        self.mem.set_context(&self.cpu);
+        self.mem.flush(system::TlbFlush::All);
+        self.engine.flush();
+        Ok(())
+    }
+
+    fn stats(&self) -> &ExitStats {
+        &self.stats
+    }
+}
+
+impl BtVcpu {
+    fn run_loop(&mut self, io: &IoBuses<'_>) -> Result<VcpuExit, VcpuError> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                self.stats.record(ExitKind::Interrupted);
+                return Ok(VcpuExit::Interrupted);
+            }
+            if self.control.is_pending() {
+                return Ok(VcpuExit::MachineEvent);
+            }
+            self.poll_timers();
+            if let Some(exit) = self.take_interrupt()? {
+                return Ok(exit);
+            }
+            if self.cpu.halted {
+                if let Some(exit) = self.wait_halted() {
+                    return Ok(exit);
+                }
+                continue;
+            }
+            if self.tracer.is_some() {
+                let end = self.step_traced(io.pio)?;
+                self.write_trace_events()?;
+                if let Some(end) = end {
+                    return Ok(end);
+                }
+                continue;
+            }
+            self.mem.set_context(&self.cpu);
+            // Under a shadow exactly one instruction runs before interrupts are looked at
+            // again; a shadowed system instruction (`sti; hlt`) runs in the monitor below,
+            // still inside the shadow, which ends with it.
+            let budget = if std::mem::take(&mut self.shadow) {
+                1
+            } else {
+                SLICE
+            };
+            let exit = self.engine.run(&mut self.cpu, &mut self.mem, budget);
+            self.instructions += exit.executed;
+            if let StopReason::Exception(e) = exit.reason {
+                if let Some(end) = self.handle(e, io.pio)? {
+                    return Ok(end);
+                }
+            }
+        }
+    }
+}
+
+impl BtVcpu {
+    /// Runs exactly one instruction (or delivers the fault it raises) and records it.
+    fn step_traced(&mut self, pio: &Bus) -> Result<Option<VcpuExit>, VcpuError> {
+        self.mem.set_context(&self.cpu);
+        let before = self.cpu.clone();
+        let decoded = interp::decode(&self.cpu, &mut self.mem).ok();
+        let mut bytes = [0u8; 15];
+        let len = decoded.map_or(0, |i| i.len()).min(15);
+        let linear = ringzero_translator::jit::fetch_linear(&self.cpu);
+        if self.mem.fetch(linear, &mut bytes[..len]).is_err() {
+            // The instruction straddles into a page it cannot fetch: show what decoded.
+            bytes = [0; 15];
+        }
+        let count = self.instructions;
+        self.shadow = false;
+        let exit = self.engine.run(&mut self.cpu, &mut self.mem, 1);
+        self.instructions += exit.executed;
+        let end = match exit.reason {
+            StopReason::Exception(e) => self.handle(e, pio)?,
+            StopReason::Budget => None,
+        };
+        if let (true, Some(insn), Some(t)) =
+            (self.instructions > count, decoded, self.tracer.as_mut())
+        {
+            t.instruction(&before, &self.cpu, &insn, &bytes[..len])
+                .map_err(trace_error)?;
+        }
+        Ok(end)
+    }
+
+    /// Writes the events delivered since the last record.
+    fn write_trace_events(&mut self) -> Result<(), VcpuError> {
+        if let Some(t) = self.tracer.as_mut() {
+            for e in self.trace_events.drain(..) {
+                t.event(&e).map_err(trace_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds the MMIO counters into the exit statistics (call before reporting).
+    pub fn sync_stats(&mut self) {
+        self.stats.add(
+            ExitKind::MmioRead,
+            self.mmio.reads.swap(0, Ordering::Relaxed),
+        );
+        self.stats.add(
+            ExitKind::MmioWrite,
+            self.mmio.writes.swap(0, Ordering::Relaxed),
+        );
+        self.stats.set_counter("instructions", self.instructions);
+        let e = self.engine.stats();
+        self.stats
+            .set_counter("blocks_translated", e.blocks_decoded);
+        self.stats.set_counter("blocks_compiled", e.blocks_compiled);
+        self.stats.set_counter("tier_ups", e.tier_ups);
+        self.stats
+            .set_counter("blocks_invalidated", e.blocks_invalidated);
+        self.stats
+            .set_counter("code_page_writes", e.code_page_writes);
+    }
+}

@@ -1,0 +1,75 @@
+//! The Linux yardstick under `--accel bt`: the Debian kernel and busybox initramfs
+//! (`test-images/linux/build.sh`, cached in ~/.cache/ringzero/linux) boot under binary
+//! translation, run commands from `rz.run` and power off. Runs in CI: it needs no KVM.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn yardstick() -> (String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/test-images/linux/build.sh");
+    let o = Command::new(script)
+        .arg("--print-paths")
+        .output()
+        .expect("run test-images/linux/build.sh");
+    assert!(
+        o.status.success(),
+        "build.sh failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut lines = out.lines().rev();
+    let initrd = lines.next().expect("initramfs path").to_string();
+    let kernel = lines.next().expect("vmlinuz path").to_string();
+    (kernel, initrd)
+}
+
+#[test]
+fn linux_yardstick_boots_under_bt_runs_commands_and_powers_off() {
+    let (kernel, initrd) = yardstick();
+    let started = std::time::Instant::now();
+    let o = ringzero(&[
+        "run",
+        "--accel",
+        "bt",
+        "--mem",
+        "256M",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--append",
+        "console=ttyS0 panic=-1 rz.run=\"uname -a; cat /proc/cpuinfo; ls /proc; \
+         echo one two three | wc -w\"",
+        "--timeout",
+        "900s",
+        "--stats",
+    ]);
+    let out = stdout(&o);
+    let err = stderr(&o);
+    let ready = out
+        .lines()
+        .find_map(|l| l.strip_prefix("RINGZERO-READY "))
+        .unwrap_or_else(|| panic!("no RINGZERO-READY\nstdout:\n{out}\nstderr:\n{err}"));
+    eprintln!(
+        "linux under bt: RINGZERO-READY at {ready} s guest uptime, whole run {:.1} s wall",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.contains("Linux ringzero 6.1.0-50-amd64"),
+        "uname -a: {out}"
+    );
+    assert!(
+        out.contains("model name\t: ringzero BT x86-64 (binary translation)"),
+        "cpuinfo shows the advertised model: {out}"
+    );
+    let after_ready = &out[out.find("RINGZERO-READY").unwrap_or(0)..];
+    assert!(
+        after_ready.contains("meminfo") && after_ready.contains("self"),
+        "ls /proc: {out}"
+    );
+    assert!(out.lines().any(|l| l.trim() == "3"), "pipeline: {out}");
+    assert!(out.contains("RINGZERO-EXIT 0"), "{out}");
+    assert_eq!(status(&o), 0, "power-off ends the run: {err}");
+    assert!(err.contains("backend=bt"), "{err}");
+}
