@@ -409,6 +409,7 @@ impl BtVcpu {
         // CR8 is the local APIC's TPR, which the guest can also write through MMIO.
         self.cpu.cr8 = self.platform.lapic.cr8();
         let (cr8, apic_base) = (self.cpu.cr8, self.cpu.apic_base);
+        let paging = (self.cpu.cr0, self.cpu.cr3, self.cpu.cr4, self.cpu.efer);
         let mut bus = MonitorBus {
             pio,
             stats: &mut self.stats,
@@ -418,6 +419,10 @@ impl BtVcpu {
         let result = system::execute(&mut self.cpu, &mut self.mem, &mut bus, &insn);
         if self.cpu.cr8 != cr8 {
             self.platform.lapic.set_cr8(self.cpu.cr8);
+        }
+        if (self.cpu.cr0, self.cpu.cr3, self.cpu.cr4, self.cpu.efer) != paging {
+            // Code mappings may have changed: the engine's memos no longer vouch for them.
+            self.engine.new_translation_epoch();
         }
         if self.cpu.apic_base != apic_base {
             let on = self.cpu.apic_base & APIC_BASE_ENABLE != 0;
@@ -440,7 +445,10 @@ impl BtVcpu {
             Effect::Next => {}
             Effect::Shadow => self.shadow = true,
             Effect::Halt => self.cpu.halted = true,
-            Effect::Flush(f) => self.mem.flush(f),
+            Effect::Flush(f) => {
+                self.mem.flush(f);
+                self.engine.new_translation_epoch();
+            }
             Effect::Deliver(ev) => return self.deliver(ev),
         }
         Ok(None)
@@ -527,6 +535,7 @@ impl Vcpu for BtVcpu {
         self.mem.set_context(&self.cpu);
         self.mem.flush(system::TlbFlush::All);
         self.engine.flush();
+        self.engine.new_translation_epoch();
         Ok(())
     }
 

@@ -38,7 +38,11 @@
 //! after a block, the next RIP is in the [`CpuState`]. To keep the hot path off the hash map,
 //! every entry remembers its last two successors (key and slot): a monomorphic exit (a loop
 //! back edge, the fall-through and target of a `jcc`, the return of a call site) is found by
-//! one key comparison. Only a memo miss looks the key up in the map (and then records it).
+//! one key comparison. Only a memo miss translates the fetch address and looks the key up in
+//! the map (and then records it). A memo is valid for one translation epoch
+//! ([`Engine::new_translation_epoch`], started by the monitor whenever code mappings may have
+//! changed), so a hit also skips the linear → physical translation of the fetch address; the
+//! mode part of the key is computed once per [`Engine::run`] call (only the monitor changes it).
 //!
 //! # Invalidation
 //! [`Engine::invalidate_range`] drops every entry with an instruction byte in a guest-physical
@@ -204,6 +208,8 @@ pub enum EngineError {
 struct Link {
     key: CacheKey,
     slot: u32,
+    /// The translation epoch the link was recorded in.
+    epoch: u64,
 }
 
 /// Whether the JIT has been asked about a block.
@@ -250,6 +256,8 @@ pub struct Engine {
     pages: HashMap<u64, Vec<u32>>,
     /// Scratch for the code pages the memory reports written.
     written_pages: Vec<u64>,
+    /// Current translation epoch (see [`Engine::new_translation_epoch`]).
+    epoch: u64,
     stats: EngineStats,
 }
 
@@ -271,6 +279,7 @@ impl Engine {
             index: HashMap::new(),
             pages: HashMap::new(),
             written_pages: Vec::new(),
+            epoch: 0,
             stats: EngineStats::default(),
         })
     }
@@ -311,6 +320,10 @@ impl Engine {
     pub fn run(&mut self, cpu: &mut CpuState, mem: &mut dyn GuestMem, budget: u64) -> EngineExit {
         let mut executed = 0u64;
         let mut prev: Option<u32> = None;
+        // The mode facts of the key (code/stack width, CPL, #AC) only change in the monitor
+        // (segment loads, CR writes, delivery), never inside the tiers: compute them once.
+        let mut block = BlockKey::of(cpu);
+        let cs_base = cpu.cs.base;
         loop {
             let remaining = budget.saturating_sub(executed);
             if remaining == 0 {
@@ -319,21 +332,27 @@ impl Engine {
                     reason: StopReason::Budget,
                 };
             }
-            let key = match CacheKey::of(cpu, mem) {
-                Ok(k) => k,
-                Err(e) => {
-                    return EngineExit {
-                        executed,
-                        reason: StopReason::Exception(e),
-                    }
-                }
-            };
-            let slot = match prev.and_then(|p| self.chained(p, &key)) {
+            block.start = cpu.rip;
+            let slot = match prev.and_then(|p| self.chained(p, &block)) {
                 Some(s) => {
                     self.stats.chain_hits += 1;
                     s
                 }
                 None => {
+                    let linear = if block.code_bits == 64 {
+                        cpu.rip
+                    } else {
+                        cs_base.wrapping_add(cpu.rip) & 0xffff_ffff
+                    };
+                    let key = match mem.code_phys(linear) {
+                        Ok(phys) => CacheKey { phys, block },
+                        Err(e) => {
+                            return EngineExit {
+                                executed,
+                                reason: StopReason::Exception(e),
+                            }
+                        }
+                    };
                     let s = match self.index.get(&key) {
                         Some(&s) => {
                             self.stats.cache_hits += 1;
@@ -395,22 +414,32 @@ impl Engine {
         self.written_pages = pages;
     }
 
-    /// The successor of `prev` recorded for `key`, if memoized.
-    fn chained(&self, prev: u32, key: &CacheKey) -> Option<u32> {
+    /// The successor of `prev` recorded for `block` in the current translation epoch, if
+    /// memoized: a hit skips translating the fetch address (the memo holds the physical key).
+    fn chained(&self, prev: u32, block: &BlockKey) -> Option<u32> {
         let entry = self.slots.get(prev as usize)?.as_ref()?;
         entry
             .next
             .iter()
             .flatten()
-            .find(|l| l.key == *key)
+            .find(|l| l.key.block == *block && l.epoch == self.epoch)
             .map(|l| l.slot)
     }
 
     /// Records `slot` (running with `key`) as the most recent successor of `prev`.
     fn link(&mut self, prev: u32, key: CacheKey, slot: u32) {
+        let epoch = self.epoch;
         if let Some(Some(entry)) = self.slots.get_mut(prev as usize) {
-            entry.next = [Some(Link { key, slot }), entry.next[0]];
+            entry.next = [Some(Link { key, slot, epoch }), entry.next[0]];
         }
+    }
+
+    /// Starts a new translation epoch: successor memos recorded before no longer vouch for the
+    /// linear → physical mapping of their target. Call whenever code mappings may have changed
+    /// (TLB flushes, CR0/CR3/CR4/EFER writes); between such events a memo is exactly as good
+    /// as a TLB entry, which the CPU may also keep using until it is flushed.
+    pub fn new_translation_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
     }
 
     /// Decodes the block at CS:RIP into a new cache entry.
