@@ -238,6 +238,11 @@ impl Emitter for Interp<'_> {
 
 /// Decodes the instruction at CS:RIP. Undecodable bytes give #UD; bytes that run into unbacked
 /// memory give the memory fault of the first missing byte.
+///
+/// An instruction the advertised CPU does not have ([`crate::system::cpuid::implemented`]:
+/// one of its CPUID features is not advertised) and any VEX/EVEX/XOP encoding in real or
+/// virtual-8086 mode (where C4/C5/62/8F with a register ModRM are invalid LES/LDS/BOUND/POP)
+/// give #UD as well, so the tiers and the monitor never see it.
 pub fn decode(cpu: &CpuState, mem: &mut dyn GuestMem) -> Result<Instruction, Exception> {
     let bits = cpu.code_bits();
     let linear = if bits == 64 {
@@ -264,7 +269,15 @@ pub fn decode(cpu: &CpuState, mem: &mut dyn GuestMem) -> Result<Instruction, Exc
     let mut decoder = Decoder::with_ip(bits, &buf[..len], cpu.rip, DecoderOptions::NONE);
     let insn = decoder.decode();
     match decoder.last_error() {
-        DecoderError::None => Ok(insn),
+        DecoderError::None => {
+            let legacy = insn.encoding() == iced_x86::EncodingKind::Legacy;
+            let real = matches!(cpu.mode(), CpuMode::Real | CpuMode::Virtual8086);
+            if (real && !legacy) || !crate::system::cpuid::implemented(&insn) {
+                Err(Exception::cpu(UD))
+            } else {
+                Ok(insn)
+            }
+        }
         DecoderError::NoMoreBytes => match missing {
             Some(f) => Err(f),
             None => Err(Exception::cpu(UD)),

@@ -39,7 +39,7 @@
 //!   PREFETCH/PREFETCHW (hints), ENDBR32/ENDBR64/RDSSP (NOPs without CET), UD2
 //!   (#UD), INT3 (#BP as a trap: RIP after the instruction).
 //! - Bits: BT/BTS/BTR/BTC (register and memory, memory bit offsets beyond the operand), BSF,
-//!   BSR, TZCNT, LZCNT, POPCNT.
+//!   BSR, TZCNT, LZCNT, POPCNT; BMI1: ANDN, BEXTR, BLSI, BLSMSK, BLSR ([`bmi`]).
 //! - BCD: DAA, DAS, AAA, AAS, AAM (#DE for base 0), AAD, outside 64-bit mode ([`bcd`]).
 //! - #AC alignment checks on every data access (stack, strings, explicit operands).
 //!
@@ -51,6 +51,7 @@ pub mod alu;
 pub mod atomic;
 pub mod bcd;
 pub mod bits;
+pub mod bmi;
 pub mod control;
 pub mod data;
 pub mod emit;
@@ -286,10 +287,18 @@ fn dispatch<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
         // ENDBR32/64 and RDSSP live in the hint-NOP space (0F 1E) and are NOPs on a CPU
         // without CET, which the model does not advertise (static glibc puts ENDBR64 at every
         // function entry).
+        // The reserved NOPs (0F 18..1F), CLDEMOTE and PREFETCHIT0/1 are hint NOPs too, and
+        // AMD runs 0F 0D /2 (iced: PREFETCHWT1) as PREFETCH; the decoder's CPUID gate
+        // (`system::cpuid::CpuidGate::admits`) decides which of these encodings exist.
         M::Nop
         | M::Pause
         | M::Prefetch
         | M::Prefetchw
+        | M::Prefetchwt1
+        | M::Reservednop
+        | M::Cldemote
+        | M::Prefetchit0
+        | M::Prefetchit1
         | M::Endbr32
         | M::Endbr64
         | M::Rdsspd
@@ -301,6 +310,9 @@ fn dispatch<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
         M::Bsf | M::Bsr => bits::bsf_bsr(e, insn),
         M::Tzcnt | M::Lzcnt => bits::tzcnt_lzcnt(e, insn),
         M::Popcnt => bits::popcnt(e, insn),
+        M::Andn => bmi::andn(e, insn),
+        M::Bextr => bmi::bextr(e, insn),
+        M::Blsi | M::Blsmsk | M::Blsr => bmi::bls(e, insn),
         M::INVALID => Err(Exception::cpu(UD)),
         m => Err(Exception::Unimplemented(m)),
     }

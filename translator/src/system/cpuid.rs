@@ -20,6 +20,8 @@
 //! Leaves: unsupported leaves (above the maximum basic or extended leaf, the hypervisor range)
 //! return zeros, as AMD CPUs do (Intel would return the highest basic leaf's data).
 
+use iced_x86::{CpuidFeature, Instruction};
+
 /// A CPUID feature bit the model may advertise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Feature {
@@ -77,6 +79,10 @@ pub enum Feature {
     LahfLm,
     /// Advanced bit manipulation: LZCNT (leaf 8000_0001h ECX 5).
     Abm,
+    /// PREFETCH/PREFETCHW, "3DNowPrefetch" (leaf 8000_0001h ECX 8).
+    Prefetchw,
+    /// Bit manipulation group 1: ANDN, BEXTR, BLSI, BLSMSK, BLSR, TZCNT (leaf 7 EBX 3).
+    Bmi1,
 }
 
 /// Where a feature bit lives: leaf, register index (0 EAX .. 3 EDX), bit.
@@ -91,12 +97,13 @@ pub struct BitLocation {
 }
 
 /// Output register indices in `[u32; 4]` results.
+const EBX: usize = 1;
 const ECX: usize = 2;
 const EDX: usize = 3;
 
 impl Feature {
     /// Every feature the BT implements and the default model advertises, in CPUID order.
-    pub const ADVERTISED: [Feature; 27] = [
+    pub const ADVERTISED: [Feature; 29] = [
         Feature::Fpu,
         Feature::De,
         Feature::Pse,
@@ -124,6 +131,8 @@ impl Feature {
         Feature::Lm,
         Feature::LahfLm,
         Feature::Abm,
+        Feature::Prefetchw,
+        Feature::Bmi1,
     ];
 
     /// The CPUID bit that reports this feature.
@@ -157,9 +166,169 @@ impl Feature {
             F::Lm => (EXT1, EDX, 29),
             F::LahfLm => (EXT1, ECX, 0),
             F::Abm => (EXT1, ECX, 5),
+            F::Prefetchw => (EXT1, ECX, 8),
+            F::Bmi1 => (7, EBX, 3),
         };
         BitLocation { leaf, reg, bit }
     }
+}
+
+/// What an instruction of one iced [`CpuidFeature`] needs to exist on the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// Every x86-64 CPU has it: no CPUID bit reports it.
+    Baseline,
+    /// The model must advertise this CPUID bit.
+    Bit(Feature),
+}
+
+/// The one table behind both the CPUID bits and the decoder's #UD gate: every iced CPUID
+/// feature whose instructions the BT implements, and what makes them exist. A feature missing
+/// here (SSE3+, AVX, BMI2, ADX, AES, RDRAND, XSAVE, CLFSH, FSGSBASE, MONITOR, 3DNow!, ...) is not
+/// implemented, and its instructions raise #UD as on a CPU without it.
+pub const INSTRUCTION_FEATURES: [(CpuidFeature, Requirement); 30] = {
+    use CpuidFeature as C;
+    use Feature as F;
+    use Requirement::{Baseline as B, Bit};
+    [
+        // The 8086..486 instruction set, CPUID, PAUSE (a NOP before SSE2), the hint NOPs
+        // 0F 18..1F (family 6/0Fh) and RDPMC (which faults when no counter exists, as here).
+        (C::INTEL8086, B),
+        (C::INTEL186, B),
+        (C::INTEL286, B),
+        (C::INTEL386, B),
+        (C::INTEL486, B),
+        (C::CPUID, B),
+        (C::PAUSE, B),
+        (C::MULTIBYTENOP, B),
+        (C::RDPMC, B),
+        (C::X64, Bit(F::Lm)),
+        (C::FPU, Bit(F::Fpu)),
+        (C::FPU287, Bit(F::Fpu)),
+        (C::FPU387, Bit(F::Fpu)),
+        (C::TSC, Bit(F::Tsc)),
+        (C::MSR, Bit(F::Msr)),
+        (C::CX8, Bit(F::Cx8)),
+        (C::SEP, Bit(F::Sep)),
+        (C::CMOV, Bit(F::Cmov)),
+        (C::MMX, Bit(F::Mmx)),
+        (C::FXSR, Bit(F::Fxsr)),
+        (C::SSE, Bit(F::Sse)),
+        (C::SSE2, Bit(F::Sse2)),
+        (C::CMPXCHG16B, Bit(F::Cx16)),
+        (C::MOVBE, Bit(F::Movbe)),
+        (C::POPCNT, Bit(F::Popcnt)),
+        (C::SYSCALL, Bit(F::Syscall)),
+        (C::RDTSCP, Bit(F::Rdtscp)),
+        // AMD reports LZCNT as part of ABM.
+        (C::LZCNT, Bit(F::Abm)),
+        (C::PREFETCHW, Bit(F::Prefetchw)),
+        (C::BMI1, Bit(F::Bmi1)),
+    ]
+};
+
+/// The [`INSTRUCTION_FEATURES`] row of `f`.
+const fn requirement(f: CpuidFeature) -> Option<Requirement> {
+    let mut i = 0;
+    while i < INSTRUCTION_FEATURES.len() {
+        let (c, r) = INSTRUCTION_FEATURES[i];
+        if c as usize == f as usize {
+            return Some(r);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether `list` holds `f` (usable in constants).
+const fn contains(list: &[Feature], f: Feature) -> bool {
+    let mut i = 0;
+    while i < list.len() {
+        if list[i] as u8 == f as u8 {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The decoder's #UD gate: a bitset over iced [`CpuidFeature`] values, precomputed from a
+/// feature list through [`INSTRUCTION_FEATURES`] (so it agrees with [`CpuModel::supports`] and
+/// with the CPUID bits by construction). Checking an instruction allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuidGate {
+    bits: [u64; 4],
+}
+
+/// The gate of the model the BT implements ([`CpuModel::default`]).
+pub const DEFAULT_GATE: CpuidGate = CpuidGate::new(&Feature::ADVERTISED);
+
+impl CpuidGate {
+    /// The gate for a CPU advertising exactly `features`.
+    pub const fn new(features: &[Feature]) -> Self {
+        let mut bits = [0u64; 4];
+        let mut i = 0;
+        while i < INSTRUCTION_FEATURES.len() {
+            let (c, r) = INSTRUCTION_FEATURES[i];
+            let ok = match r {
+                Requirement::Baseline => true,
+                Requirement::Bit(f) => contains(features, f),
+            };
+            if ok {
+                let n = c as usize;
+                bits[n / 64] |= 1 << (n % 64);
+            }
+            i += 1;
+        }
+        CpuidGate { bits }
+    }
+
+    /// The gate for `model`.
+    pub fn of(model: &CpuModel) -> Self {
+        Self::new(&model.features)
+    }
+
+    /// Whether instructions needing `f` exist.
+    pub fn allows(&self, f: CpuidFeature) -> bool {
+        let n = f as usize;
+        self.bits
+            .get(n / 64)
+            .is_some_and(|w| w >> (n % 64) & 1 != 0)
+    }
+
+    /// Whether `insn` exists on the CPU: all its CPUID features are allowed, with the
+    /// encodings whose meaning on a CPU without the feature is not #UD decided as that CPU
+    /// does (AMD, which the model claims to be).
+    pub fn admits(&self, insn: &Instruction) -> bool {
+        use iced_x86::Code as C;
+        match insn.code() {
+            // The hint-NOP space 0F 18..1F: a CPU without CET, CLDEMOTE or PREFETCHITI runs
+            // these encodings as NOPs (static glibc puts ENDBR64 at every function entry).
+            // iced decodes the MPX encodings there as reserved NOPs already (no
+            // DecoderOptions::MPX).
+            C::Endbr32
+            | C::Endbr64
+            | C::Rdsspd_r32
+            | C::Rdsspq_r64
+            | C::Cldemote_m8
+            | C::Prefetchit0_m8
+            | C::Prefetchit1_m8 => true,
+            // AMD's 3DNowPrefetch decodes every 0F 0D /r memory form as a prefetch (iced
+            // reads /2 as Intel's PREFETCHWT1) and a register operand as #UD (checked on a
+            // Zen host); iced calls the register forms reserved NOPs, as on Intel.
+            C::Prefetchwt1_m8 => self.allows(CpuidFeature::PREFETCHW),
+            C::Reservednop_rm16_r16_0F0D
+            | C::Reservednop_rm32_r32_0F0D
+            | C::Reservednop_rm64_r64_0F0D => false,
+            _ => insn.cpuid_features().iter().all(|&f| self.allows(f)),
+        }
+    }
+}
+
+/// Whether `insn` exists on the CPU the BT implements ([`DEFAULT_GATE`]); the decoder gives
+/// #UD for an instruction that does not.
+pub fn implemented(insn: &Instruction) -> bool {
+    DEFAULT_GATE.admits(insn)
 }
 
 /// Leaf 8000_0001h: extended features.
@@ -222,45 +391,14 @@ impl CpuModel {
         self.features.contains(&f)
     }
 
-    /// Whether an instruction needing iced's CPUID feature `f` exists on this model (callers
-    /// #UD instructions for which any of `insn.cpuid_features()` gives false).
-    pub fn supports(&self, f: iced_x86::CpuidFeature) -> bool {
-        use iced_x86::CpuidFeature as C;
-        let need = match f {
-            // Baseline: every x86-64 CPU runs the 8086..486 instruction set, CPUID, PAUSE
-            // (a NOP before SSE2), the multi-byte NOP (family 6/0Fh) and RDPMC (which faults
-            // when no counter exists, as here).
-            C::INTEL8086
-            | C::INTEL186
-            | C::INTEL286
-            | C::INTEL386
-            | C::INTEL486
-            | C::CPUID
-            | C::PAUSE
-            | C::MULTIBYTENOP
-            | C::RDPMC
-            | C::FPU287
-            | C::FPU387 => return true,
-            C::X64 => Feature::Lm,
-            C::FPU => Feature::Fpu,
-            C::TSC => Feature::Tsc,
-            C::MSR => Feature::Msr,
-            C::CX8 => Feature::Cx8,
-            C::SEP => Feature::Sep,
-            C::CMOV => Feature::Cmov,
-            C::MMX => Feature::Mmx,
-            C::FXSR => Feature::Fxsr,
-            C::SSE => Feature::Sse,
-            C::SSE2 => Feature::Sse2,
-            C::CMPXCHG16B => Feature::Cx16,
-            C::MOVBE => Feature::Movbe,
-            C::POPCNT => Feature::Popcnt,
-            C::SYSCALL => Feature::Syscall,
-            C::RDTSCP => Feature::Rdtscp,
-            C::LZCNT => Feature::Abm,
-            _ => return false,
-        };
-        self.has(need)
+    /// Whether an instruction needing iced's CPUID feature `f` exists on this model
+    /// ([`INSTRUCTION_FEATURES`]; the decoder's fast path is [`CpuidGate`]).
+    pub fn supports(&self, f: CpuidFeature) -> bool {
+        match requirement(f) {
+            Some(Requirement::Baseline) => true,
+            Some(Requirement::Bit(b)) => self.has(b),
+            None => false,
+        }
     }
 
     /// The 32-bit family/model/stepping signature (leaf 1 and 8000_0001h EAX).
@@ -318,14 +456,14 @@ impl CpuModel {
 
     /// CPUID with EAX = `leaf`, ECX = `subleaf`: `[eax, ebx, ecx, edx]`.
     pub fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        let _ = subleaf; // no leaf of this model has subleaves (leaf 7 subleaf 0 is all zero)
         let (v_ebx, v_edx, v_ecx) = self.vendor_regs();
         match leaf {
             0 => [MAX_BASIC, v_ebx, v_ecx, v_edx],
             1 => {
-                // EBX: brand index 0, CLFLUSH line size 8 (x 8 = 64 bytes), one logical
+                // EBX: brand index 0, CLFLUSH line size 0 (the field is only defined with the
+                // CLFSH bit, which the model does not advertise: CLFLUSH is #UD), one logical
                 // processor, initial APIC ID.
-                let ebx = (8 << 8) | (1 << 16) | (u32::from(self.apic_id) << 24);
+                let ebx = (1 << 16) | (u32::from(self.apic_id) << 24);
                 [
                     self.signature(),
                     ebx,
@@ -333,8 +471,15 @@ impl CpuModel {
                     self.feature_bits(1, EDX),
                 ]
             }
-            // 2..=7: cache descriptors (Intel-only), deterministic cache parameters, MONITOR,
-            // power management, structured extended features: none.
+            // Structured extended features: subleaf 0 only (EAX = highest subleaf = 0).
+            7 if subleaf == 0 => [
+                0,
+                self.feature_bits(7, EBX),
+                self.feature_bits(7, ECX),
+                self.feature_bits(7, EDX),
+            ],
+            // 2..=6: cache descriptors (Intel-only), deterministic cache parameters, MONITOR,
+            // power management: none; leaf 7 subleaves above 0: zeros.
             2..=MAX_BASIC => [0; 4],
             0x8000_0000 => [MAX_EXTENDED, v_ebx, v_ecx, v_edx],
             EXT1 => [
@@ -394,7 +539,7 @@ mod tests {
         let r = model().cpuid(1, 0);
         // Family 0Fh (ext family 0), model 2Bh (ext model 2, base b), stepping 1.
         assert_eq!(r[0], 0x0002_0fb1);
-        assert_eq!(r[1], 0x0001_0800);
+        assert_eq!(r[1], 0x0001_0000);
         // Exactly the x86-64-v1 set plus CX16/MOVBE/POPCNT.
         assert_eq!(r[3], 0x0781_bb7d);
         assert_eq!(r[2], (1 << 13) | (1 << 22) | (1 << 23));
@@ -404,7 +549,7 @@ mod tests {
     #[test]
     fn extended_features() {
         let r = model().cpuid(0x8000_0001, 0);
-        assert_eq!(r[2], 0b10_0001); // LAHF_LM, ABM
+        assert_eq!(r[2], 0x121); // LAHF_LM, ABM, 3DNowPrefetch
         let ext = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
         assert_eq!(r[3] & !AMD_MIRRORED_EDX, ext);
         assert_eq!(r[3] & AMD_MIRRORED_EDX, 0x0781_bb7d & AMD_MIRRORED_EDX);
@@ -424,8 +569,11 @@ mod tests {
         let e1 = m.cpuid(EXT1, 0);
         assert_eq!(e1[2], expected[&(EXT1, ECX)]);
         assert_eq!(e1[3] & !AMD_MIRRORED_EDX, expected[&(EXT1, EDX)]);
-        // Leaf 7 and every other feature leaf advertise nothing.
-        assert_eq!(m.cpuid(7, 0), [0; 4]);
+        let l7 = m.cpuid(7, 0);
+        assert_eq!(l7[1], expected[&(7, EBX)]);
+        assert_eq!(l7, [0, 1 << 3, 0, 0]); // BMI1 only
+                                           // Other subleaves of leaf 7 and every other feature leaf advertise nothing.
+        assert_eq!(m.cpuid(7, 1), [0; 4]);
         assert_eq!(m.cpuid(6, 0), [0; 4]);
         assert_eq!(m.cpuid(0x8000_0007, 0)[..3], [0; 3]);
         // No feature appears twice in the list.
@@ -467,6 +615,9 @@ mod tests {
             C::LZCNT,
             C::RDTSCP,
             C::INTEL486,
+            C::BMI1,
+            C::PREFETCHW,
+            C::FPU387,
         ] {
             assert!(m.supports(f), "{f:?}");
         }
@@ -477,8 +628,12 @@ mod tests {
             C::FSGSBASE,
             C::RDRAND,
             C::MONITOR,
-            C::BMI1,
+            C::BMI2,
             C::RDPID,
+            C::ADX,
+            C::XSAVE,
+            C::INTEL8086_ONLY,
+            C::PREFETCHWT1,
         ] {
             assert!(!m.supports(f), "{f:?}");
         }
