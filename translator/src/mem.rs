@@ -60,6 +60,16 @@ pub trait GuestMem {
     fn take_code_writes(&mut self, _pages: &mut Vec<u64>) -> bool {
         false
     }
+    /// The TLB halves compiled code may read to serve [`GuestMem::read`]/[`GuestMem::write`]
+    /// hits inline, valid until the next call of any other method (which may change the
+    /// privilege half); `None` (the default) sends every access through the methods.
+    ///
+    /// An implementation promises that an access the [`crate::mmu::FastPath`] allows behaves
+    /// exactly as the method would (no fault, no side effect besides the bytes, no code write
+    /// to record), and hands out no write half while [`GuestMem::code_write_pending`] holds.
+    fn fast_path(&mut self) -> Option<crate::mmu::FastPath> {
+        None
+    }
 }
 
 /// RAM covering `[base, base + len)`; anything outside faults.

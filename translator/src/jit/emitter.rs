@@ -14,11 +14,14 @@
 //! from the start of the instruction (exactly what the interpreter tier leaves behind).
 
 use super::runtime::{jit_div_wide, jit_load, jit_store, RunCtx};
+use crate::mmu::tlb::TLB_ENTRIES;
+use crate::mmu::TlbEntry;
 use crate::sem::{flags, BinOp, Emitter, Exception, FlagState, Seg, UnOp};
 use crate::state::{CpuState, Segment};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    types, AbiParam, Block, BlockArg, InstBuilder, MemFlagsData, SigRef, Signature, Value,
+    types, AbiParam, Block, BlockArg, Endianness, InstBuilder, MemFlagsData, SigRef, Signature,
+    Value,
 };
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
@@ -106,6 +109,25 @@ fn trusted_state() -> MemFlagsData {
 /// computed from the `lea r15d` that followed). Unused loads are still dropped (`notrap`).
 fn initial_state() -> MemFlagsData {
     MemFlagsData::trusted()
+}
+
+/// Flags for reading a TLB half pointer out of the `RunCtx`: nothing writes those fields while
+/// a block runs, so the loads are pure and every access of the block shares one.
+fn tlb_table() -> MemFlagsData {
+    MemFlagsData::trusted().with_readonly().with_can_move()
+}
+
+/// Flags for reading a TLB slot: aligned, mapped host memory, but changed by every helper call
+/// (a miss fills, a flush empties), so neither read-only nor movable.
+fn tlb_slot() -> MemFlagsData {
+    MemFlagsData::trusted()
+}
+
+/// Flags for a guest access through a TLB host pointer: little-endian whatever the host,
+/// possibly unaligned, may alias anything, and kept in place (guest RAM is not Rust memory:
+/// nothing is proven about it, so no `notrap`/`readonly`/`can_move`).
+fn guest_ram() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
 }
 
 impl<'a, 'f> JitEmitter<'a, 'f> {
@@ -340,6 +362,80 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
         self.b.inst_results(call)[0]
     }
 
+    /// Emits the inline TLB hit test of a `size`-byte access at linear `addr` through the half
+    /// whose pointer is at `RunCtx` offset `table`. Returns the host address of the access,
+    /// with the builder in the hit path, and the cold miss block (entered with no arguments)
+    /// for the helper call. A hit needs a slot whose tag is the page number of the access's
+    /// *last* byte: a page-crossing access asks for the next page's number, which no slot at
+    /// this index can hold (indices are the low page-number bits), so it misses without a
+    /// separate bounds test, as does one that wraps around the address space. A slot without
+    /// a RAM pointer (MMIO) misses too.
+    fn tlb_hit(&mut self, table: usize, addr: Value, size: u8) -> (Value, Block) {
+        let base = self
+            .b
+            .ins()
+            .load(types::I64, tlb_table(), self.ctx, table as i32);
+        let vpn = self.b.ins().ushr_imm_u(addr, 12);
+        let index = self.b.ins().band_imm_u(vpn, (TLB_ENTRIES - 1) as i64);
+        let offset = self.b.ins().imul_imm_u(index, TlbEntry::SIZE as i64);
+        let slot = self.b.ins().iadd(base, offset);
+        let tag = self
+            .b
+            .ins()
+            .load(types::I64, tlb_slot(), slot, TlbEntry::TAG_OFFSET as i32);
+        let last_page = if size > 1 {
+            let last = self.b.ins().iadd_imm_u(addr, i64::from(size) - 1);
+            self.b.ins().ushr_imm_u(last, 12)
+        } else {
+            vpn
+        };
+        let tag_hit = self.b.ins().icmp(IntCC::Equal, tag, last_page);
+        let miss = self.b.create_block();
+        self.b.set_cold_block(miss);
+        let tag_ok = self.b.create_block();
+        self.b.ins().brif(tag_hit, tag_ok, &[], miss, &[]);
+        self.b.switch_to_block(tag_ok);
+        let host = self
+            .b
+            .ins()
+            .load(types::I64, tlb_slot(), slot, TlbEntry::HOST_OFFSET as i32);
+        let ram = self.b.create_block();
+        self.b.ins().brif(host, ram, &[], miss, &[]);
+        self.b.switch_to_block(ram);
+        let in_page = self.b.ins().band_imm_u(addr, 0xfff);
+        (self.b.ins().iadd(host, in_page), miss)
+    }
+
+    /// The helper call of a load (the miss path, or the only path for odd sizes).
+    fn load_helper(&mut self, addr: Value, size: u8) -> Value {
+        let sz = self.imm(u64::from(size));
+        let f = jit_load as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64) -> u64;
+        let v = self.helper(self.helpers.load, f as usize, &[self.ctx, addr, sz]);
+        let status = self.b.ins().load(
+            types::I64,
+            MemFlagsData::trusted(),
+            self.ctx,
+            offset_of!(RunCtx<'_>, status) as i32,
+        );
+        self.side_exit(status, Exception::Memory(placeholder_fault(false)));
+        v
+    }
+
+    /// The helper call of a store (the miss path, or the only path for odd sizes).
+    fn store_helper(&mut self, addr: Value, v: Value, size: u8) {
+        let sz = self.imm(u64::from(size));
+        let f = jit_store as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64, u64) -> u64;
+        let fault = self.helper(self.helpers.store, f as usize, &[self.ctx, addr, v, sz]);
+        self.side_exit(fault, Exception::Memory(placeholder_fault(true)));
+    }
+
+    /// Marks the block the builder is in as cold (the rest of a miss path after a side exit).
+    fn mark_cold(&mut self) {
+        if let Some(b) = self.b.current_block() {
+            self.b.set_cold_block(b);
+        }
+    }
+
     fn bool_to_lane(&mut self, c: Value) -> Value {
         self.b.ins().uextend(types::I64, c)
     }
@@ -505,25 +601,49 @@ impl Emitter for JitEmitter<'_, '_> {
     }
 
     fn load(&mut self, addr: Value, size: u8) -> Result<Value, Exception> {
-        let sz = self.imm(u64::from(size));
-        let f = jit_load as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64) -> u64;
-        let v = self.helper(self.helpers.load, f as usize, &[self.ctx, addr, sz]);
-        let status = self.b.ins().load(
-            types::I64,
-            MemFlagsData::trusted(),
-            self.ctx,
-            offset_of!(RunCtx<'_>, status) as i32,
-        );
-        self.side_exit(status, Exception::Memory(placeholder_fault(false)));
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return Ok(self.load_helper(addr, size));
+        }
+        let (p, miss) = self.tlb_hit(offset_of!(RunCtx<'_>, tlb_read), addr, size);
+        let ins = self.b.ins();
+        let fast = match size {
+            1 => ins.uload8(types::I64, guest_ram(), p, 0),
+            2 => ins.uload16(types::I64, guest_ram(), p, 0),
+            4 => ins.uload32(guest_ram(), p, 0),
+            _ => ins.load(types::I64, guest_ram(), p, 0),
+        };
+        let merge = self.b.create_block();
+        let v = self.b.append_block_param(merge, types::I64);
+        self.b.ins().jump(merge, &[BlockArg::Value(fast)]);
+        self.b.switch_to_block(miss);
+        let slow = self.load_helper(addr, size);
+        self.mark_cold();
+        self.b.ins().jump(merge, &[BlockArg::Value(slow)]);
+        self.b.switch_to_block(merge);
         Ok(v)
     }
 
     fn store(&mut self, addr: Value, v: Value, size: u8) -> Result<(), Exception> {
-        let sz = self.imm(u64::from(size));
-        let f = jit_store as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64, u64) -> u64;
-        let fault = self.helper(self.helpers.store, f as usize, &[self.ctx, addr, v, sz]);
-        self.side_exit(fault, Exception::Memory(placeholder_fault(true)));
         self.stored = true;
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            self.store_helper(addr, v, size);
+            return Ok(());
+        }
+        let (p, miss) = self.tlb_hit(offset_of!(RunCtx<'_>, tlb_write), addr, size);
+        let ins = self.b.ins();
+        match size {
+            1 => ins.istore8(guest_ram(), v, p, 0),
+            2 => ins.istore16(guest_ram(), v, p, 0),
+            4 => ins.istore32(guest_ram(), v, p, 0),
+            _ => ins.store(guest_ram(), v, p, 0),
+        };
+        let merge = self.b.create_block();
+        self.b.ins().jump(merge, &[]);
+        self.b.switch_to_block(miss);
+        self.store_helper(addr, v, size);
+        self.mark_cold();
+        self.b.ins().jump(merge, &[]);
+        self.b.switch_to_block(merge);
         Ok(())
     }
 

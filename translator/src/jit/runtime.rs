@@ -1,13 +1,36 @@
 //! The run-time side of compiled blocks: the context they run in and the Rust helpers they call.
 //!
-//! Generated code touches only the `u64` fields of [`RunCtx`] (at `offset_of!` offsets); the
-//! helpers are plain `extern "C"` functions called through a function-pointer constant, so the
-//! memory helpers can later be replaced by an inline TLB hit path without changing the calling
-//! convention of a block. A helper reports a fault by setting [`RunCtx::status`] (loads and the
-//! division) or by its return value (stores); the block then leaves through a side exit.
+//! Generated code touches only the `u64` and pointer fields of [`RunCtx`] (at `offset_of!`
+//! offsets); the helpers are plain `extern "C"` functions called through a function-pointer
+//! constant. Loads and stores first try the inline TLB hit path through [`RunCtx::tlb_read`] /
+//! [`RunCtx::tlb_write`] and call the helpers only on a miss. A helper reports a fault by
+//! setting [`RunCtx::status`] (loads and the division) or by its return value (stores); the
+//! block then leaves through a side exit.
 
 use crate::mem::GuestMem;
+use crate::mmu::tlb::TLB_ENTRIES;
+use crate::mmu::TlbEntry;
 use crate::sem::Exception;
+
+/// A TLB half with no valid slot: the table generated code reads when the memory has no fast
+/// path (or none for that access kind), so every access takes the helper without a null check.
+#[repr(C)]
+struct NoTlb([TlbEntry; TLB_ENTRIES]);
+
+// SAFETY: never written; the host pointers in it are all null.
+unsafe impl Sync for NoTlb {}
+
+/// The empty half behind every missing fast-path table.
+static NO_TLB: NoTlb = NoTlb([TlbEntry::EMPTY; TLB_ENTRIES]);
+
+/// `p`, or the empty half when `p` is null.
+fn table_or_empty(p: *const TlbEntry) -> *const TlbEntry {
+    if p.is_null() {
+        NO_TLB.0.as_ptr()
+    } else {
+        p
+    }
+}
 
 /// What a compiled block needs besides the `CpuState`: guest memory and scratch for helpers.
 #[repr(C)]
@@ -21,6 +44,11 @@ pub struct RunCtx<'a> {
     /// Set to 1 by a store that hit a page holding translations: the block ends after the
     /// storing instruction (self-modifying code).
     pub code_written: u64,
+    /// The read half of the current TLB ([`crate::mmu::FastPath::read`]), never null: the
+    /// empty half when the memory has no fast path. Constant during a block run.
+    pub tlb_read: *const TlbEntry,
+    /// The write half ([`crate::mmu::FastPath::write`]), never null, as `tlb_read`.
+    pub tlb_write: *const TlbEntry,
     /// The memory fault (page fault, unbacked access, ...) that ended the block, if any.
     pub fault: Option<Exception>,
     /// Guest memory the helpers access.
@@ -28,13 +56,21 @@ pub struct RunCtx<'a> {
 }
 
 impl<'a> RunCtx<'a> {
-    /// A context over `mem` with no fault recorded.
+    /// A context over `mem` with no fault recorded, with `mem`'s current fast-path tables
+    /// ([`GuestMem::fast_path`]; taken afresh for every block run, since the privilege half
+    /// may differ between runs).
     pub fn new(mem: &'a mut dyn GuestMem) -> Self {
+        let (read, write) = match mem.fast_path() {
+            Some(f) => (f.read, f.write),
+            None => (std::ptr::null(), std::ptr::null()),
+        };
         RunCtx {
             status: 0,
             div_q: 0,
             div_r: 0,
             code_written: 0,
+            tlb_read: table_or_empty(read),
+            tlb_write: table_or_empty(write),
             fault: None,
             mem,
         }

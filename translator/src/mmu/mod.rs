@@ -23,7 +23,7 @@ mod tests;
 
 pub use phys::{PhysMem, RamPage, VecPhys};
 pub use system::SystemMem;
-pub use tlb::{MmuStats, Tlb, TlbEntry};
+pub use tlb::{FastPath, MmuStats, Tlb, TlbEntry};
 pub use walk::{walk, Translation};
 
 use crate::state::{ctl, CpuState};

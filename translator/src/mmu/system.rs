@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::phys::PhysMem;
-use super::tlb::{MmuStats, Tlb, TlbEntry};
+use super::tlb::{FastPath, MmuStats, Tlb, TlbEntry};
 use super::walk::{walk, Translation};
 use super::{Access, PagingContext, PagingMode, PAGE_SIZE};
 use crate::mem::GuestMem;
@@ -473,5 +473,21 @@ impl GuestMem for SystemMem {
         }
         pages.append(&mut self.code_writes);
         true
+    }
+
+    #[inline]
+    fn fast_path(&mut self) -> Option<FastPath> {
+        // Write entries never map watched pages, and a write entry's hit has no side effect
+        // but the bytes, except that the helper path reports a code write still pending from
+        // before (jit_store checks code_write_pending after every store): keep that exact.
+        let write = if self.code_writes.is_empty() {
+            self.tlb.half_ptr(Access::Write, self.half)
+        } else {
+            std::ptr::null()
+        };
+        Some(FastPath {
+            read: self.tlb.half_ptr(Access::Read, self.half),
+            write,
+        })
     }
 }

@@ -40,7 +40,15 @@ pub struct TlbEntry {
 }
 
 impl TlbEntry {
-    const EMPTY: TlbEntry = TlbEntry {
+    /// Byte offset of [`TlbEntry::tag`] (for generated code).
+    pub const TAG_OFFSET: usize = std::mem::offset_of!(TlbEntry, tag);
+    /// Byte offset of [`TlbEntry::host`] (for generated code).
+    pub const HOST_OFFSET: usize = std::mem::offset_of!(TlbEntry, host);
+    /// Bytes per entry (the stride of a TLB half).
+    pub const SIZE: usize = std::mem::size_of::<TlbEntry>();
+
+    /// A slot that matches no page (its tag is larger than any linear page number).
+    pub const EMPTY: TlbEntry = TlbEntry {
         tag: INVALID,
         host: std::ptr::null_mut(),
         meta: 0,
@@ -73,6 +81,24 @@ impl TlbEntry {
     pub fn page_shift(&self) -> u32 {
         ((self.meta >> META_SHIFT) & 0x3f) as u32
     }
+}
+
+/// The TLB halves generated code may read to inline the hit path (see
+/// [`crate::mem::GuestMem::fast_path`]).
+///
+/// Each pointer, when not null, is the first of [`TLB_ENTRIES`] [`TlbEntry`] slots of the
+/// current privilege half; the slot of linear address `a` is `(a >> 12) & (TLB_ENTRIES - 1)`.
+/// A slot whose `tag` equals `a >> 12` and whose `host` is not null allows that access kind
+/// on the 4 KiB page of `a` at the current privilege, without any other check, through
+/// `host + (a & 0xfff)` (for an access that does not cross the page end). A null pointer
+/// means "no fast path for this kind": every access takes the helper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct FastPath {
+    /// Data reads.
+    pub read: *const TlbEntry,
+    /// Data writes (never an entry for a watched code page or a clean page).
+    pub write: *const TlbEntry,
 }
 
 /// Counters of the MMU's work.
@@ -178,6 +204,16 @@ impl Tlb {
             base &= mask;
         }
         self.large = Some((base, mask));
+    }
+
+    /// The first slot of `half` of the `access` array: [`TLB_ENTRIES`] consecutive entries,
+    /// indexed by `vpn & (TLB_ENTRIES - 1)` ([`FastPath`]). The pointer stays valid while the
+    /// TLB lives (the arrays are boxed and never reallocated); what it points at changes with
+    /// every insert and flush.
+    pub fn half_ptr(&self, access: Access, half: usize) -> *const TlbEntry {
+        let set = &self.sets[access as usize];
+        set.get(half & TLB_ENTRIES..)
+            .map_or(set.as_ptr(), <[TlbEntry]>::as_ptr)
     }
 
     /// Drops every entry (global ones too): CR0.PG/WP, CR4.PGE/PAE/PSE changes.
