@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the Linux yardstick: Debian's 6.1 kernel (vmlinuz) and a busybox initramfs, from pinned
-# Debian packages, into a cache that later runs reuse. See docs/linux-yardstick.md.
+# Debian packages, plus the guest workloads (test-images/workloads: rzbench, compiled with the
+# host's gcc), into a cache that later runs reuse. See docs/linux-yardstick.md.
 #
 # Usage: test-images/linux/build.sh [--print-paths] [--force] [--latest] [--help]
 #   (no option)     build if the cache entry is missing or stale; log to stderr; print the paths
@@ -10,7 +11,8 @@
 #   --latest        show the newest matching packages in the apt lists (for moving the pins)
 #
 # Cache: ${RINGZERO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ringzero}/linux/<kernel-version>/
-# holding vmlinuz, initramfs.cpio.gz and manifest. An entry is built in a temporary directory
+# holding vmlinuz, initramfs.cpio.gz, rzbench (the workloads binary, also in the initramfs as
+# /bin/rzbench; runs natively too) and manifest. An entry is built in a temporary directory
 # beside it and renamed into place at the end, so a directory with that name is always complete.
 # The manifest records a hash of this recipe; an entry built by an older recipe is rebuilt.
 set -euo pipefail
@@ -41,14 +43,20 @@ die() {
     exit 1
 }
 
-usage() { sed -n '2,16s/^# \{0,1\}//p' "$SCRIPT"; }
+usage() { sed -n '2,17s/^# \{0,1\}//p' "$SCRIPT"; }
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
+WORKLOADS=$(cd "$HERE/../workloads" && pwd)
+
 # Everything that decides the bytes of the outputs: this script (pins included), the cpio
-# writer and /init. A cache entry made by a different recipe is stale.
+# writer, /init, the workloads' sources and build script, and the gcc/libc they are built
+# with. A cache entry made by a different recipe is stale.
 recipe_hash() {
-    cat "$SCRIPT" "$HERE/mkcpio.py" "$HERE/init" | sha256sum | cut -d' ' -f1
+    {
+        cat "$SCRIPT" "$HERE/mkcpio.py" "$HERE/init" "$WORKLOADS/build.sh" "$WORKLOADS"/*.c
+        "$WORKLOADS/build.sh" --toolchain
+    } | sha256sum | cut -d' ' -f1
 }
 
 # A cache entry is valid when its manifest names the current recipe and both outputs still
@@ -57,7 +65,7 @@ entry_valid() {
     local dir=$1 manifest=$1/manifest name want
     [[ -f $manifest ]] || return 1
     grep -qx "recipe $(recipe_hash)" "$manifest" || return 1
-    for name in vmlinuz initramfs.cpio.gz; do
+    for name in vmlinuz initramfs.cpio.gz rzbench; do
         [[ -f $dir/$name ]] || return 1
         want=$(awk -v n="$name" '$1 == "output" && $2 == n { print $3 }' "$manifest")
         [[ -n $want && $want == "$(sha256_of "$dir/$name")" ]] || return 1
@@ -202,6 +210,9 @@ build_entry() {
     local busybox=$work/busybox/bin/busybox
     [[ -x $busybox ]] || die "$busybox_deb has no bin/busybox"
 
+    # The same binary goes into the initramfs and stays in the entry for native runs.
+    "$WORKLOADS/build.sh" "$work/out/rzbench"
+
     root=$work/rootfs
     mkdir -p "$root/etc"
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
@@ -224,6 +235,7 @@ EOF
         echo "nod /dev/null 0666 0 0 c 1 3"
         echo "file /init $HERE/init 0755 0 0"
         echo "file /bin/busybox $busybox 0755 0 0"
+        echo "file /bin/rzbench $work/out/rzbench 0755 0 0"
         for name in passwd group hostname profile; do
             echo "file /etc/$name $root/etc/$name 0644 0 0"
         done
@@ -233,7 +245,7 @@ EOF
         # busybox-static is a static x86-64 binary, so the host can ask it for its applets.
         "$busybox" --list | LC_ALL=C sort -u | while read -r applet; do
             case $applet in
-            busybox | linuxrc | '') ;;
+            busybox | linuxrc | rzbench | '') ;;
             */*) die "unexpected applet name '$applet'" ;;
             *) echo "slink /bin/$applet busybox 0777 0 0" ;;
             esac
@@ -252,6 +264,8 @@ EOF
         echo "package $BUSYBOX_PKG $BUSYBOX_VERSION $(sha256_of "$busybox_deb")"
         echo "output vmlinuz $(sha256_of "$work/out/vmlinuz")"
         echo "output initramfs.cpio.gz $(sha256_of "$work/out/initramfs.cpio.gz")"
+        echo "output rzbench $(sha256_of "$work/out/rzbench")"
+        "$WORKLOADS/build.sh" --toolchain | sed 's/^/toolchain /'
     } >"$work/out/manifest"
 
     # Swap the finished entry in. A stale entry is moved aside first (rename cannot replace a
