@@ -84,7 +84,8 @@ pub fn bsf_bsr<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exceptio
 }
 
 /// TZCNT and LZCNT: the count (the width for a zero source), CF = source was zero,
-/// ZF = result is zero; OF, SF, AF, PF undefined and kept.
+/// ZF = result is zero; of the undefined flags SF, AF, PF are cleared and OF is kept, as on
+/// the AMD host (the model is an AMD CPU; with BMI1 advertised, F3 0F BC is TZCNT, not BSF).
 pub fn tzcnt_lzcnt<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     let dst = loc(e, insn, 0)?;
     let src = loc(e, insn, 1)?;
@@ -103,7 +104,8 @@ pub fn tzcnt_lzcnt<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exce
     let rz = e.eq_i(r, 0);
     let rz = e.shl_i(rz, Flag::Zf.bit());
     let bits = e.or(zero, rz);
-    flags::write_bits(e, rflags::CF | rflags::ZF, bits);
+    let cleared = rflags::CF | rflags::ZF | rflags::SF | rflags::AF | rflags::PF;
+    flags::write_bits(e, cleared, bits);
     Ok(())
 }
 
