@@ -19,6 +19,19 @@
 //!
 //! Leaves: unsupported leaves (above the maximum basic or extended leaf, the hypervisor range)
 //! return zeros, as AMD CPUs do (Intel would return the highest basic leaf's data).
+//!
+//! # Features: exactly what the BT implements
+//! x86-64-v1 (FPU, CX8, CMOV, MMX, FXSR, SSE, SSE2, SYSCALL, LM, ...) plus CX16, MOVBE, POPCNT,
+//! LAHF_LM, ABM (LZCNT), RDTSCP, 3DNowPrefetch (PREFETCH/PREFETCHW) and BMI1 (ANDN, BEXTR,
+//! BLSI, BLSMSK, BLSR, TZCNT). Not advertised, so #UD: SSE3 and later SIMD, AVX*, BMI2, ADX,
+//! AES, XSAVE, RDRAND/RDSEED, FSGSBASE, RDPID, MONITOR, CLFSH (CLFLUSH), SMAP, CET, 3DNow!.
+//! [`INSTRUCTION_FEATURES`] maps iced's per-instruction CPUID features onto these bits, and the
+//! decoder ([`crate::interp::decode`]) refuses with #UD every instruction the table and the
+//! model's list do not admit ([`CpuidGate`]), so the tiers and the monitor never run an
+//! instruction the guest was told does not exist. Encodings whose meaning on a CPU without the
+//! feature is not #UD are decided as that AMD CPU does ([`CpuidGate::admits`]): the hint NOPs
+//! 0F 18..1F (ENDBR, RDSSP, CLDEMOTE, PREFETCHIT*) run as NOPs, 0F 0D /2 is a prefetch, a
+//! register operand of 0F 0D is #UD.
 
 use iced_x86::{CpuidFeature, Instruction};
 
