@@ -34,6 +34,148 @@ fn twenty_thousand_fixed_seed_cases_agree_with_the_cpu() {
     );
 }
 
+/// A translator divergence in the floating-point families that has been reported and is
+/// tolerated by CI until it is fixed (then delete its entry: the test still passes).
+struct KnownBug {
+    /// What is wrong, and the reproducer.
+    what: &'static str,
+    /// The reproducer's case contains one of these mnemonics.
+    mnemonics: &'static [&'static str],
+    /// Every differing field is one of these (`st` stands for any `st(i)`).
+    fields: &'static [&'static str],
+}
+
+const KNOWN_FP_BUGS: &[KnownBug] = &[
+    KnownBug {
+        what: "FCOMI/FCOMIP/FUCOMI/FUCOMIP with an unmasked #IA leave ZF/PF/CF (and OF/SF/AF) \
+               alone; the CPU sets ZF=PF=CF=1 and clears OF/SF/AF anyway \
+               (--seed 2 --family x87 --start 10)",
+        mnemonics: &["fcomi", "fcomip", "fucomi", "fucomip"],
+        fields: &["rflags"],
+    },
+    KnownBug {
+        what: "CVTPS2PI/CVTTPS2PI/CVTPD2PI/CVTTPD2PI/CVTPI2PS raising #XM skip the x87->MMX \
+               transition (TOP=0, all tags valid) the CPU makes before the fault \
+               (--seed 2 --family sse --start 5488)",
+        mnemonics: &[
+            "cvtps2pi",
+            "cvttps2pi",
+            "cvtpd2pi",
+            "cvttpd2pi",
+            "cvtpi2ps",
+            "cvtpi2pd",
+        ],
+        fields: &["fsw", "ftw", "st"],
+    },
+    KnownBug {
+        what: "EMMS leaves FSW.TOP; the CPU sets it to 0 (--seed 2 --family simd_int --start 28)",
+        mnemonics: &["emms"],
+        fields: &["fsw", "st"],
+    },
+    KnownBug {
+        what: "an unmasked SSE underflow (#XM) also sets MXCSR.PE; the CPU sets UE alone \
+               (--seed 2 --family sse --start 9925)",
+        mnemonics: &[
+            "addss", "addsd", "addps", "addpd", "subss", "subsd", "subps", "subpd", "mulss",
+            "mulsd", "mulps", "mulpd", "divss", "divsd", "divps", "divpd", "cvtsd2ss", "cvtpd2ps",
+        ],
+        fields: &["mxcsr"],
+    },
+];
+
+/// (mnemonics, differing field names) of each DIVERGENCE block in a difftest report.
+fn divergences(out: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    out.split("DIVERGENCE ")
+        .skip(1)
+        .map(|block| {
+            let mut mnemonics = Vec::new();
+            let mut fields = Vec::new();
+            let mut in_diffs = false;
+            for line in block.lines() {
+                if line.starts_with("  0x00") {
+                    // "  0x00200000  <hex bytes> <text>": the first word that is not a byte.
+                    let is_byte =
+                        |t: &&str| t.len() == 2 && t.chars().all(|c| c.is_ascii_hexdigit());
+                    if let Some(m) = line.split_whitespace().skip(1).find(|t| !is_byte(t)) {
+                        mnemonics.push(m.to_string());
+                    }
+                } else if line == "differences:" {
+                    in_diffs = true;
+                } else if in_diffs && line.starts_with("  ") {
+                    let name = line.trim().split(':').next().unwrap_or("");
+                    let name = if name.starts_with("st(") { "st" } else { name };
+                    fields.push(name.to_string());
+                } else if in_diffs {
+                    in_diffs = false;
+                }
+            }
+            (mnemonics, fields)
+        })
+        .collect()
+}
+
+#[test]
+fn floating_point_families_agree_with_the_cpu_but_for_known_bugs() {
+    if !kvm_or_skip("difftest_fp") {
+        return;
+    }
+    // 3,000 cases per family, the three in rotation.
+    let o = ringzero(&[
+        "difftest",
+        "--seed",
+        "20261124",
+        "--cases",
+        "9000",
+        "--family",
+        "x87,sse,simd_int",
+        "--keep-going",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("difftest: 9000 cases, 9000 compared") && out.contains(" 0 skipped"),
+        "{out}\n{}",
+        stderr(&o)
+    );
+    // A translator gap (unimplemented instruction, runaway) is never tolerated.
+    assert!(!out.contains("difftest: case "), "{out}");
+    let found = divergences(&out);
+    for (mnemonics, fields) in &found {
+        let known = KNOWN_FP_BUGS.iter().any(|b| {
+            mnemonics.iter().any(|m| b.mnemonics.contains(&m.as_str()))
+                && !fields.is_empty()
+                && fields.iter().all(|f| b.fields.contains(&f.as_str()))
+        });
+        assert!(
+            known,
+            "a new divergence ({mnemonics:?}: {fields:?}):\n{out}"
+        );
+    }
+    assert_eq!(status(&o), if found.is_empty() { 0 } else { 1 }, "{out}");
+    if !found.is_empty() {
+        eprintln!(
+            "difftest_fp: {} divergences, all known translator bugs:\n  {}",
+            found.len(),
+            KNOWN_FP_BUGS
+                .iter()
+                .map(|b| b.what)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+    }
+}
+
+#[test]
+fn known_bug_parser_reads_the_report_format() {
+    let report = "DIVERGENCE seed=2 case=28 mode=64 family=simd_int\n  rerun: x\ncode (3 bytes): 0f 77 cc\n  0x00200000  0f 77                          emms\n  0x00200002  cc                             int3\ninitial state:\ndifferences:\n  st(0): expected 1, got 2\n  fsw: expected 0x4600, got 0x4e00\ndifftest: 1 cases\n";
+    assert_eq!(
+        divergences(report),
+        vec![(
+            vec!["emms".to_string(), "int3".to_string()],
+            vec!["st".to_string(), "fsw".to_string()]
+        )]
+    );
+}
+
 #[test]
 fn unknown_family_is_a_one_line_error() {
     let o = ringzero(&["difftest", "--family", "alu,nonsense"]);

@@ -7,6 +7,7 @@ use ringzero::difftest::gen::{decode, generate, memory_operand_address, Family};
 use ringzero::difftest::oracle::Oracle;
 use ringzero::difftest::report::compare;
 use ringzero::difftest::{Case, DifftestError, Mode, CODE_BASE, DATA_BASE, DATA_SIZE, STACK_TOP};
+use ringzero_translator::state::FpuState;
 
 const CF: u64 = 1;
 const PF: u64 = 1 << 2;
@@ -26,7 +27,24 @@ fn case(code: &[u8], set: &[(usize, u64)], rflags: u64) -> Case {
         regs,
         rflags,
         data: (0..DATA_SIZE).map(|i| (i * 7) as u8).collect(),
+        fpu: FpuState::default(),
     }
+}
+
+/// An 80-bit register image of `v` (exact for the values these tests use).
+fn f80(v: f64) -> [u8; 16] {
+    let bits = v.to_bits();
+    let sign = (bits >> 63) as u16;
+    let exp = ((bits >> 52) & 0x7ff) as u16;
+    let mut out = [0u8; 16];
+    if v != 0.0 {
+        let sig = (1u64 << 63) | ((bits & ((1 << 52) - 1)) << 11);
+        out[..8].copy_from_slice(&sig.to_le_bytes());
+        out[8..10].copy_from_slice(&((sign << 15) | (exp - 1023 + 16383)).to_le_bytes());
+    } else {
+        out[8..10].copy_from_slice(&(sign << 15).to_le_bytes());
+    }
+    out
 }
 
 fn oracle(test: &str) -> Option<Oracle> {
@@ -210,7 +228,12 @@ fn a_thousand_generated_cases_run_on_the_oracle() {
             faults += 1;
             // Only the exceptions generated code can raise: #DE, #UD, #GP (cmpxchg16b
             // alignment), #AC (popf setting AC, then a misaligned access).
-            assert!(matches!(v, 0 | 6 | 13 | 17), "case {i}: vector {v}");
+            // The floating-point families add #MF (16), #XM (19) and #GP for misaligned
+            // 16-byte SSE operands.
+            assert!(
+                matches!(v, 0 | 6 | 13 | 16 | 17 | 19),
+                "case {i}: vector {v}"
+            );
         }
         // The oracle agrees with itself (the comparison machinery has no false positives).
         assert!(compare(&c, Mode::Long64, &out, &out).agrees());
@@ -220,4 +243,95 @@ fn a_thousand_generated_cases_run_on_the_oracle() {
         "difftest oracle: {n} cases in {secs:.3} s = {:.0} cases/s ({faults} ended in an exception)",
         n as f64 / secs
     );
+}
+
+#[test]
+fn fpu_state_goes_in_and_comes_back_exactly() {
+    let Some(mut o) = oracle("fpu_state_goes_in_and_comes_back_exactly") else {
+        return;
+    };
+    // A lone int3: the x87/SSE state set through KVM_SET_XSAVE is what KVM_GET_XSAVE reports,
+    // MXCSR with DAZ/FTZ/rounding included (KVM_GET_FPU would say 0 there).
+    let mut c = case(&[0xcc], &[], 0);
+    c.fpu.fcw = 0x0c7f;
+    c.fpu.fsw = 5 << 11 | 0x4100 | 0x21;
+    c.fpu.ftw = 0b1110_0000;
+    c.fpu.st[0] = f80(1.5);
+    c.fpu.st[1] = f80(-2.0);
+    c.fpu.st[7][..10].copy_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // a denormal
+    c.fpu.xmm[15] = [0xab; 16];
+    c.fpu.mxcsr = 0xffc0 & !0x1000 | 0x3;
+    let out = o.run(&c).unwrap();
+    assert_eq!(out.exception, None);
+    let (e, a) = (&c.fpu, &out.fpu);
+    assert_eq!(
+        (a.fcw, a.fsw, a.ftw, a.mxcsr),
+        (e.fcw, e.fsw, e.ftw, e.mxcsr)
+    );
+    assert_eq!(a.st, e.st);
+    assert_eq!(a.xmm, e.xmm);
+}
+
+#[test]
+fn x87_arithmetic_runs_on_the_cpu() {
+    let Some(mut o) = oracle("x87_arithmetic_runs_on_the_cpu") else {
+        return;
+    };
+    // fld1; fadd st, st(0); fstp qword [rbx]; fnstsw ax; int3
+    let mut c = case(
+        &[0xd9, 0xe8, 0xd8, 0xc0, 0xdd, 0x1b, 0xdf, 0xe0, 0xcc],
+        &[(3, DATA_BASE + 0x100)],
+        0,
+    );
+    c.fpu.fsw = 3 << 11;
+    let out = o.run(&c).unwrap();
+    assert_eq!(out.exception, None);
+    assert_eq!(&out.data[0x100..0x108], &2.0f64.to_le_bytes());
+    // Pushed to R2 and popped: TOP back to 3, tags empty, the register keeps its value.
+    assert_eq!((out.fpu.fsw >> 11) & 7, 3);
+    assert_eq!(
+        out.regs[0] & 0x3800,
+        3 << 11,
+        "fnstsw ax (after the pop) saw TOP = 3"
+    );
+    assert_eq!(out.fpu.ftw, 0);
+    assert_eq!(out.fpu.st[7], f80(2.0));
+}
+
+#[test]
+fn unmasked_sse_divide_by_zero_is_xm_with_the_destination_unchanged() {
+    let Some(mut o) = oracle("unmasked_sse_divide_by_zero_is_xm") else {
+        return;
+    };
+    // divss xmm0, xmm1; int3 with ZM clear: #XM (19) at the divss, ZE set, xmm0 unchanged.
+    let mut c = case(&[0xf3, 0x0f, 0x5e, 0xc1, 0xcc], &[], 0);
+    c.fpu.mxcsr = 0x1f80 & !0x200;
+    c.fpu.xmm[0][..4].copy_from_slice(&1.0f32.to_le_bytes());
+    let out = o.run(&c).unwrap();
+    assert_eq!(out.exception, Some((19, None)));
+    assert_eq!(out.rip, CODE_BASE);
+    assert_eq!(out.fpu.mxcsr, c.fpu.mxcsr | 0x4);
+    assert_eq!(out.fpu.xmm, c.fpu.xmm);
+    // Masked: the infinity is written and the flag set.
+    c.fpu.mxcsr = 0x1f80;
+    let out = o.run(&c).unwrap();
+    assert_eq!(out.exception, None);
+    assert_eq!(&out.fpu.xmm[0][..4], &f32::INFINITY.to_le_bytes());
+    assert_eq!(out.fpu.mxcsr, 0x1f84);
+}
+
+#[test]
+fn pending_x87_exception_is_mf_at_the_next_waiting_instruction() {
+    let Some(mut o) = oracle("pending_x87_exception_is_mf") else {
+        return;
+    };
+    // fnstsw ax (no-wait: runs); fwait: #MF (16) there, state unchanged.
+    let mut c = case(&[0xdf, 0xe0, 0x9b, 0xcc], &[], 0);
+    c.fpu.fcw = 0x037b; // ZM clear
+    c.fpu.fsw = 0x8084 | 0x4000; // B, ES, ZE, C3
+    let out = o.run(&c).unwrap();
+    assert_eq!(out.exception, Some((16, None)));
+    assert_eq!(out.rip, CODE_BASE + 2);
+    assert_eq!(out.regs[0] & 0xffff, 0xc084);
+    assert_eq!(out.fpu.fsw, c.fpu.fsw);
 }

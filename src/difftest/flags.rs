@@ -171,6 +171,134 @@ pub fn sequence_undefined_flags(insns: &[Instruction], initial_rcx: u64, stop_ri
     undef
 }
 
+/// x87 condition code C0 in the FPU status word.
+pub const FSW_C0: u16 = 1 << 8;
+/// x87 condition code C1.
+pub const FSW_C1: u16 = 1 << 9;
+/// x87 condition code C2.
+pub const FSW_C2: u16 = 1 << 10;
+/// x87 condition code C3.
+pub const FSW_C3: u16 = 1 << 14;
+/// All four condition codes.
+pub const FSW_CC: u16 = FSW_C0 | FSW_C1 | FSW_C2 | FSW_C3;
+
+/// The x87 condition codes `insn` leaves undefined and those it certainly defines, as
+/// `(undefined, defined)`, from each instruction's "FPU Flags Affected" in the SDM Vol. 2.
+/// Instructions that do not touch the x87 status word give `(0, 0)`.
+pub fn fsw_condition_codes(insn: &Instruction) -> (u16, u16) {
+    use Mnemonic as M;
+    const C023: u16 = FSW_C0 | FSW_C2 | FSW_C3;
+    match insn.mnemonic() {
+        // "C1 Set to 0 if stack underflow occurred [or rounding/overflow per instruction];
+        // C0, C2, C3 Undefined." (FLD, FST/FSTP, FILD, FIST/FISTP, FISTTP, FADD..FDIVR and
+        // their integer and popping forms, FXCH, FCHS, FABS, FSQRT, FRNDINT, FSCALE, FXTRACT,
+        // FLD1..FLDZ, FCMOVcc, FINCSTP/FDECSTP, FBLD/FBSTP, F2XM1, FYL2X(P1), FPATAN, FPTAN.)
+        M::Fld
+        | M::Fst
+        | M::Fstp
+        | M::Fild
+        | M::Fist
+        | M::Fistp
+        | M::Fisttp
+        | M::Fadd
+        | M::Faddp
+        | M::Fiadd
+        | M::Fsub
+        | M::Fsubp
+        | M::Fisub
+        | M::Fsubr
+        | M::Fsubrp
+        | M::Fisubr
+        | M::Fmul
+        | M::Fmulp
+        | M::Fimul
+        | M::Fdiv
+        | M::Fdivp
+        | M::Fidiv
+        | M::Fdivr
+        | M::Fdivrp
+        | M::Fidivr
+        | M::Fxch
+        | M::Fchs
+        | M::Fabs
+        | M::Fsqrt
+        | M::Frndint
+        | M::Fscale
+        | M::Fxtract
+        | M::Fld1
+        | M::Fldz
+        | M::Fldpi
+        | M::Fldl2e
+        | M::Fldl2t
+        | M::Fldlg2
+        | M::Fldln2
+        | M::Fcmovb
+        | M::Fcmove
+        | M::Fcmovbe
+        | M::Fcmovu
+        | M::Fcmovnb
+        | M::Fcmovne
+        | M::Fcmovnbe
+        | M::Fcmovnu
+        | M::Fincstp
+        | M::Fdecstp
+        | M::Fbld
+        | M::Fbstp
+        | M::F2xm1
+        | M::Fyl2x
+        | M::Fyl2xp1
+        | M::Fpatan
+        | M::Fptan => (C023, FSW_C1),
+        // FCOM/FUCOM/FICOM/FTST/FXAM set C0, C2, C3 from the comparison and clear C1 (FXAM
+        // sets it to the sign); FPREM/FPREM1 set C0, C3, C1 to quotient bits and C2 to
+        // "incomplete"; FNINIT clears all four.
+        M::Fcom
+        | M::Fcomp
+        | M::Fcompp
+        | M::Fucom
+        | M::Fucomp
+        | M::Fucompp
+        | M::Ficom
+        | M::Ficomp
+        | M::Ftst
+        | M::Fxam
+        | M::Fprem
+        | M::Fprem1
+        | M::Fninit
+        | M::Finit => (0, FSW_CC),
+        // FCOMI/FUCOMI(P): "C1 Set to 0 if stack underflow occurred; otherwise, set to 0.
+        // C0, C2, C3 Not affected."
+        M::Fcomi | M::Fcomip | M::Fucomi | M::Fucomip => (0, FSW_C1),
+        // FSTSW/FNSTSW, FSTCW/FNSTCW, FLDCW, FCLEX/FNCLEX, FSTENV/FNSTENV, FFREE, FNOP, WAIT:
+        // "The C0, C1, C2, and C3 flags are undefined."
+        M::Fstsw
+        | M::Fnstsw
+        | M::Fstcw
+        | M::Fnstcw
+        | M::Fldcw
+        | M::Fclex
+        | M::Fnclex
+        | M::Fstenv
+        | M::Fnstenv
+        | M::Ffree
+        | M::Fnop
+        | M::Wait => (FSW_CC, 0),
+        _ => (0, 0),
+    }
+}
+
+/// x87 condition codes undefined at the end of `insns` run up to (not including) the first
+/// instruction at or after `stop_rip` (straight-line code, as the FP families generate).
+pub fn sequence_undefined_fsw(insns: &[Instruction], stop_rip: u64) -> u16 {
+    insns
+        .iter()
+        .filter(|i| i.ip() < stop_rip)
+        .fold(0, |undef, i| {
+            let (u, d) = fsw_condition_codes(i);
+            (undef & !d) | u
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +339,37 @@ mod tests {
         // shld ax, bx, 17: everything undefined.
         let i = decode(&[0x66, 0x0f, 0xa4, 0xd8, 0x11]);
         assert_eq!(undefined_flags_mask(&i[0]), ARITH);
+    }
+
+    #[test]
+    fn x87_condition_codes_follow_the_sdm() {
+        // fadd st, st(1); fcom st(1); fnstsw ax; fcomi st, st(1)
+        let i = decode(&[0xd8, 0xc1, 0xd8, 0xd1, 0xdf, 0xe0, 0xdb, 0xf1]);
+        assert_eq!(
+            fsw_condition_codes(&i[0]),
+            (FSW_C0 | FSW_C2 | FSW_C3, FSW_C1)
+        );
+        assert_eq!(fsw_condition_codes(&i[1]), (0, FSW_CC));
+        assert_eq!(fsw_condition_codes(&i[2]), (FSW_CC, 0));
+        assert_eq!(fsw_condition_codes(&i[3]), (0, FSW_C1));
+        // fadd then fcom: all defined; fcom then fadd: C0/C2/C3 undefined; fadd, fcomi: still.
+        assert_eq!(sequence_undefined_fsw(&i[..2], u64::MAX), 0);
+        assert_eq!(
+            sequence_undefined_fsw(&[i[1], i[0]], u64::MAX),
+            FSW_C0 | FSW_C2 | FSW_C3
+        );
+        assert_eq!(
+            sequence_undefined_fsw(&[i[0], i[3]], u64::MAX),
+            FSW_C0 | FSW_C2 | FSW_C3
+        );
+        // Stopping at the fcom (#MF there) leaves fadd's state.
+        assert_eq!(
+            sequence_undefined_fsw(&i[..2], i[1].ip()),
+            FSW_C0 | FSW_C2 | FSW_C3
+        );
+        // SSE and integer instructions leave the x87 status alone.
+        let i = decode(&[0x0f, 0x58, 0xc1, 0x01, 0xd8]);
+        assert_eq!(sequence_undefined_fsw(&i, u64::MAX), 0);
     }
 
     #[test]

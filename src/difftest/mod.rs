@@ -10,11 +10,12 @@
 pub mod driver;
 pub mod flags;
 pub mod gen;
+pub mod gen_fp;
 pub mod oracle;
 pub mod report;
 pub mod translated;
 
-use ringzero_translator::state::{ctl, rflags, Segment};
+use ringzero_translator::state::{ctl, rflags, FpuState, Segment};
 use ringzero_translator::CpuState;
 
 /// Guest address of the case's code page (ring 3, read-only, executable).
@@ -92,6 +93,10 @@ pub struct Case {
     pub rflags: u64,
     /// Initial contents of the data region at [`DATA_BASE`] ([`DATA_SIZE`] bytes).
     pub data: Vec<u8>,
+    /// Initial x87/MMX/SSE state (ST0-7 in stack order as FXSAVE stores them, FCW, FSW with
+    /// TOP, abridged tags, XMM0-15, MXCSR). The integer families leave it at
+    /// [`FpuState::default`] (after FNINIT, MXCSR 0x1f80).
+    pub fpu: FpuState,
 }
 
 impl Case {
@@ -150,6 +155,7 @@ impl Case {
         s.cr4 = ctl::CR4_PAE | ctl::CR4_OSFXSR | ctl::CR4_OSXMMEXCPT;
         s.efer = ctl::EFER_LME | ctl::EFER_LMA;
         s.gpr = self.regs;
+        s.fpu = self.fpu.clone();
         s.rip = CODE_BASE;
         s.rflags = self.entry_rflags();
         s
@@ -171,6 +177,8 @@ pub struct Outcome {
     /// `None` when the terminating `int3` was reached, else (vector, error code if the vector
     /// pushes one).
     pub exception: Option<(u8, Option<u32>)>,
+    /// Final x87/MMX/SSE state (see [`Case::fpu`]; `xstate_bv` and `ymm_hi` are not compared).
+    pub fpu: FpuState,
 }
 
 /// Errors of the difftest machinery (never of the code under test: that is an [`Outcome`]).

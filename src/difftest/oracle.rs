@@ -19,9 +19,9 @@
 //! ring-0 code is emulated; the stubs are a single instruction, so a case costs one ring switch
 //! and one exit.
 
-use kvm_bindings::{kvm_regs, kvm_sregs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xsave, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use ringzero_translator::state::{rflags, DescriptorTable, Segment};
+use ringzero_translator::state::{rflags, DescriptorTable, FpuState, Segment};
 use ringzero_translator::CpuState;
 
 use super::{Case, DifftestError, Mode, Outcome, CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE};
@@ -110,6 +110,7 @@ impl Oracle {
             regs: [0; 16],
             rflags: 0,
             data: vec![0; DATA_SIZE as usize],
+            fpu: FpuState::default(),
         };
         let state = system_state(probe.entry_state(mode));
         let entry_sregs = state.to_kvm().sregs;
@@ -194,7 +195,11 @@ impl Oracle {
             rflags: case.entry_rflags(),
         };
         self.vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+        let image = xsave_from_fpu(&case.fpu);
+        // SAFETY: `image` is a complete `kvm_xsave` (the legacy 4 KiB buffer KVM_SET_XSAVE reads).
+        unsafe { self.vcpu.set_xsave(&image) }.map_err(kvm_err("KVM_SET_XSAVE"))?;
         self.run_to_halt()?;
+        let fpu = fpu_from_xsave(&self.vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?);
 
         let k = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
         let vector = k
@@ -234,6 +239,7 @@ impl Oracle {
             rflags: flags & !rflags::RF,
             data,
             exception,
+            fpu,
         })
     }
 
@@ -259,6 +265,84 @@ impl Oracle {
             }
         }
     }
+}
+
+/// Byte offsets in the XSAVE legacy region and header (Intel SDM Vol. 1, Table 10-2 and
+/// 13.4.2; the same layout `ringzero_translator::state::kvm` converts).
+mod xoff {
+    pub const FCW: usize = 0;
+    pub const FSW: usize = 2;
+    pub const FTW: usize = 4;
+    pub const FOP: usize = 6;
+    pub const FIP: usize = 8;
+    pub const FDP: usize = 16;
+    pub const MXCSR: usize = 24;
+    pub const ST: usize = 32;
+    pub const XMM: usize = 160;
+    pub const XSTATE_BV: usize = 512;
+}
+
+/// XSTATE_BV for x87 and SSE: both components are always loaded from the image (never from
+/// their init state), so a case's FCW/MXCSR/registers are exactly what it asked for.
+const XSTATE_X87_SSE: u64 = 0b11;
+
+/// The `KVM_SET_XSAVE` image of `f` (x87 and SSE components; AVX in its init state).
+pub fn xsave_from_fpu(f: &FpuState) -> kvm_xsave {
+    let mut b = [0u8; 4096];
+    let mut put = |off: usize, v: &[u8]| {
+        if let Some(d) = b.get_mut(off..off + v.len()) {
+            d.copy_from_slice(v);
+        }
+    };
+    put(xoff::FCW, &f.fcw.to_le_bytes());
+    put(xoff::FSW, &f.fsw.to_le_bytes());
+    put(xoff::FTW, &[f.ftw]);
+    put(xoff::FOP, &f.fop.to_le_bytes());
+    put(xoff::FIP, &f.fip.to_le_bytes());
+    put(xoff::FDP, &f.fdp.to_le_bytes());
+    put(xoff::MXCSR, &f.mxcsr.to_le_bytes());
+    for (i, st) in f.st.iter().enumerate() {
+        put(xoff::ST + 16 * i, st);
+    }
+    for (i, x) in f.xmm.iter().enumerate() {
+        put(xoff::XMM + 16 * i, x);
+    }
+    put(xoff::XSTATE_BV, &XSTATE_X87_SSE.to_le_bytes());
+    let mut x = kvm_xsave::default();
+    for (w, c) in x.region.iter_mut().zip(b.chunks_exact(4)) {
+        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    x
+}
+
+/// The x87/SSE state in a `KVM_GET_XSAVE` image. KVM fills components in their init state
+/// with the init values, and always reports the real MXCSR here (unlike `KVM_GET_FPU`).
+pub fn fpu_from_xsave(x: &kvm_xsave) -> FpuState {
+    let mut b = [0u8; 4096];
+    for (c, w) in b.chunks_exact_mut(4).zip(x.region.iter()) {
+        c.copy_from_slice(&w.to_le_bytes());
+    }
+    let get = |off: usize, n: usize| b.get(off..off + n).unwrap_or(&[]);
+    let u16_at = |off: usize| u16::from_le_bytes(get(off, 2).try_into().unwrap_or([0; 2]));
+    let u64_at = |off: usize| u64::from_le_bytes(get(off, 8).try_into().unwrap_or([0; 8]));
+    let mut f = FpuState {
+        fcw: u16_at(xoff::FCW),
+        fsw: u16_at(xoff::FSW),
+        ftw: get(xoff::FTW, 1).first().copied().unwrap_or(0),
+        fop: u16_at(xoff::FOP),
+        fip: u64_at(xoff::FIP),
+        fdp: u64_at(xoff::FDP),
+        mxcsr: u32::from_le_bytes(get(xoff::MXCSR, 4).try_into().unwrap_or([0; 4])),
+        xstate_bv: u64_at(xoff::XSTATE_BV),
+        ..FpuState::default()
+    };
+    for (i, st) in f.st.iter_mut().enumerate() {
+        st.copy_from_slice(get(xoff::ST + 16 * i, 16));
+    }
+    for (i, r) in f.xmm.iter_mut().enumerate() {
+        r.copy_from_slice(get(xoff::XMM + 16 * i, 16));
+    }
+    f
 }
 
 /// Adds the oracle's system registers (paging, GDT, IDT, TSS) to a case's entry state.

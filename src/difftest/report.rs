@@ -8,9 +8,9 @@
 use std::fmt::Write as _;
 
 use iced_x86::{Encoder, Formatter, Instruction, IntelFormatter};
-use ringzero_translator::state::rflags;
+use ringzero_translator::state::{rflags, FpuState};
 
-use super::flags::sequence_undefined_flags;
+use super::flags::{sequence_undefined_flags, sequence_undefined_fsw};
 use super::gen::{decode, is_branch};
 use super::{Case, Mode, Outcome, CODE_BASE, DATA_BASE};
 
@@ -28,6 +28,9 @@ pub const REG_NAMES: [&str; 16] = [
 pub struct Comparison {
     /// Flags not compared because the manuals leave them undefined here.
     pub masked_flags: u64,
+    /// x87 condition codes (FSW bits 8-10, 14) not compared: left undefined by the last x87
+    /// instruction that wrote them (see [`super::flags::fsw_condition_codes`]).
+    pub masked_fsw: u16,
     /// One line per differing field (empty: the outcomes agree).
     pub differences: Vec<String>,
 }
@@ -43,6 +46,7 @@ impl Comparison {
 pub fn compare(case: &Case, mode: Mode, expected: &Outcome, actual: &Outcome) -> Comparison {
     let insns = decode(case, mode);
     let masked_flags = sequence_undefined_flags(&insns, case.regs[1], expected.rip);
+    let masked_fsw = sequence_undefined_fsw(&insns, expected.rip);
     let mut differences = Vec::new();
     let nregs = if mode == Mode::Long64 { 16 } else { 8 };
     let w = mode.width_mask();
@@ -103,9 +107,103 @@ pub fn compare(case: &Case, mode: Mode, expected: &Outcome, actual: &Outcome) ->
     if bytes.len() > 16 {
         differences.push(format!("... {} differing bytes in all", bytes.len()));
     }
+    compare_fpu(&expected.fpu, &actual.fpu, masked_fsw, &mut differences);
     Comparison {
         masked_flags,
+        masked_fsw,
         differences,
+    }
+}
+
+/// The 80-bit register image (sign/exponent word and significand) as one hex number.
+fn st_hex(st: &[u8; 16]) -> String {
+    let se = u16::from_le_bytes([st[8], st[9]]);
+    let mut sig = [0u8; 8];
+    sig.copy_from_slice(&st[..8]);
+    format!("{se:04x}:{:016x}", u64::from_le_bytes(sig))
+}
+
+/// An XMM register as two 64-bit halves, high first.
+fn xmm_hex(x: &[u8; 16]) -> String {
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&x[..8]);
+    hi.copy_from_slice(&x[8..]);
+    format!(
+        "{:016x}_{:016x}",
+        u64::from_le_bytes(hi),
+        u64::from_le_bytes(lo)
+    )
+}
+
+/// The x87/SSE part of an initial state: control/status words, the stack registers (with their
+/// tags: `v` valid, `-` empty) and the non-zero XMM registers.
+fn write_fpu_state(s: &mut String, f: &FpuState) {
+    let top = (f.fsw >> 11) & 7;
+    let _ = writeln!(
+        s,
+        "  fcw={:#06x} fsw={:#06x} (top {top}) ftw={:#04x} mxcsr={:#x}",
+        f.fcw, f.fsw, f.ftw, f.mxcsr
+    );
+    for (i, st) in f.st.iter().enumerate() {
+        // The abridged tag word is by physical register: ST(i) is R((TOP + i) mod 8).
+        let phys = (usize::from(top) + i) & 7;
+        let tag = if f.ftw >> phys & 1 == 1 { 'v' } else { '-' };
+        let _ = write!(s, "  st({i})={}{tag}", st_hex(st));
+        if i % 4 == 3 {
+            s.push('\n');
+        }
+    }
+    for (i, x) in f.xmm.iter().enumerate() {
+        if *x != [0; 16] {
+            let _ = writeln!(s, "  xmm{i}={}", xmm_hex(x));
+        }
+    }
+}
+
+/// Compares the x87/MMX/SSE state: ST0-7 (the 80 bits FXSAVE stores, in stack order; bytes
+/// 10-15 of each slot are reserved), FCW, FSW less `masked_fsw`, the abridged tag word,
+/// XMM0-15 and MXCSR. FOP, FIP and FDP are not compared (see docs/difftest.md: AMD CPUs keep
+/// them only while an exception is pending, and the BT does not model FCS/FDS).
+fn compare_fpu(e: &FpuState, a: &FpuState, masked_fsw: u16, d: &mut Vec<String>) {
+    for i in 0..8 {
+        if e.st[i][..10] != a.st[i][..10] {
+            d.push(format!(
+                "st({i}): expected {}, got {}",
+                st_hex(&e.st[i]),
+                st_hex(&a.st[i])
+            ));
+        }
+    }
+    if e.fcw != a.fcw {
+        d.push(format!("fcw: expected {:#06x}, got {:#06x}", e.fcw, a.fcw));
+    }
+    if (e.fsw ^ a.fsw) & !masked_fsw != 0 {
+        d.push(format!(
+            "fsw: expected {:#06x}, got {:#06x} (differing: {:#06x}; masked {:#06x})",
+            e.fsw,
+            a.fsw,
+            (e.fsw ^ a.fsw) & !masked_fsw,
+            masked_fsw
+        ));
+    }
+    if e.ftw != a.ftw {
+        d.push(format!("ftw: expected {:#04x}, got {:#04x}", e.ftw, a.ftw));
+    }
+    for i in 0..16 {
+        if e.xmm[i] != a.xmm[i] {
+            d.push(format!(
+                "xmm{i}: expected {}, got {}",
+                xmm_hex(&e.xmm[i]),
+                xmm_hex(&a.xmm[i])
+            ));
+        }
+    }
+    if e.mxcsr != a.mxcsr {
+        d.push(format!(
+            "mxcsr: expected {:#x}, got {:#x}",
+            e.mxcsr, a.mxcsr
+        ));
     }
 }
 
@@ -215,6 +313,9 @@ pub fn format_divergence(
         case.entry_rflags(),
         flag_names(case.entry_rflags())
     );
+    if case.fpu != FpuState::default() {
+        write_fpu_state(&mut s, &case.fpu);
+    }
     let _ = writeln!(s, "final states:   {en:<20} {an:<20}");
     let w = mode.width_mask();
     let row = |s: &mut String, name: &str, x: u64, y: u64, differs: bool| {
@@ -319,6 +420,7 @@ mod tests {
             regs: [0; 16],
             rflags: 0,
             data: vec![0; DATA_SIZE as usize],
+            fpu: FpuState::default(),
         }
     }
 
@@ -331,6 +433,7 @@ mod tests {
             rflags,
             data: vec![0; DATA_SIZE as usize],
             exception: None,
+            fpu: FpuState::default(),
         }
     }
 
@@ -376,6 +479,30 @@ mod tests {
         let a = outcome(0x5, 0x202);
         assert!(compare(&c, Mode::Compat32, &e, &a).agrees());
         assert!(!compare(&c, Mode::Long64, &e, &a).agrees());
+    }
+
+    #[test]
+    fn fpu_state_is_compared_except_undefined_condition_codes() {
+        // fadd st, st(1); int3 — C0, C2, C3 undefined afterwards, C1 defined.
+        let c = case(&[0xd8, 0xc1, 0xcc]);
+        let e = outcome(0, 0x202);
+        let mut a = outcome(0, 0x202);
+        a.fpu.fsw |= 0x4500;
+        assert!(compare(&c, Mode::Long64, &e, &a).agrees());
+        a.fpu.fsw |= 0x0200;
+        let cmp = compare(&c, Mode::Long64, &e, &a);
+        assert_eq!(cmp.masked_fsw, 0x4500);
+        assert!(cmp.differences[0].starts_with("fsw:"), "{cmp:?}");
+        let mut a = outcome(0, 0x202);
+        a.fpu.st[3][9] = 0x80;
+        a.fpu.st[3][12] = 0x55; // reserved bytes are not compared
+        a.fpu.xmm[15][0] = 1;
+        a.fpu.mxcsr |= 0x20;
+        a.fpu.ftw = 1;
+        let d = compare(&c, Mode::Long64, &e, &a).differences;
+        assert_eq!(d.len(), 4, "{d:?}");
+        assert!(d[0].contains("st(3): expected 0000:0000000000000000, got 8000:"));
+        assert!(d.iter().any(|l| l.starts_with("xmm15:")));
     }
 
     #[test]

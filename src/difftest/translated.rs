@@ -8,6 +8,7 @@ use iced_x86::Mnemonic;
 use ringzero_translator::engine::{Engine, StopReason, TierPolicy};
 use ringzero_translator::mem::FlatMem;
 use ringzero_translator::sem::{Exception, BP};
+use ringzero_translator::{fpu, interp, system};
 
 use super::{Case, Mode, Outcome, CODE_BASE, CODE_SIZE, DATA_BASE, DATA_SIZE};
 
@@ -81,8 +82,8 @@ impl TranslatedRunner {
         engine.flush();
         let mut mem = case_memory(case);
         let mut cpu = case.entry_state(mode);
-        let exit = engine.run(&mut cpu, &mut mem, MAX_STEPS);
-        let exception = match exit.reason {
+        let reason = run_with_fpu(engine, &mut cpu, &mut mem)?;
+        let exception = match reason {
             StopReason::Budget => return Err(TranslatorGap::Runaway),
             // The terminating int3 (a trap: RIP after it) is the normal end; report it as the
             // oracle does, at the int3 with no exception.
@@ -108,7 +109,43 @@ impl TranslatedRunner {
             rflags: cpu.rflags,
             data: mem.bytes[data_off..data_off + DATA_SIZE as usize].to_vec(),
             exception,
+            fpu: cpu.fpu,
         })
+    }
+}
+
+/// Runs the engine, executing the x87/MMX/SSE instructions it stops before as the full-system
+/// monitor does (`fpu::execute`, the executor `system::execute` hands them to), until a stop
+/// that is not one of those. Returns that stop.
+fn run_with_fpu(
+    engine: &mut Engine,
+    cpu: &mut ringzero_translator::CpuState,
+    mem: &mut FlatMem,
+) -> Result<StopReason, TranslatorGap> {
+    let mut steps = 0u64;
+    loop {
+        let exit = engine.run(cpu, mem, MAX_STEPS.saturating_sub(steps));
+        steps += exit.executed;
+        let StopReason::Exception(Exception::System(m)) = exit.reason else {
+            return Ok(exit.reason);
+        };
+        let insn = match interp::decode(cpu, mem) {
+            Ok(i) => i,
+            Err(e) => return Ok(StopReason::Exception(e)),
+        };
+        if !system::is_floating_point(&insn) {
+            // The cases hold no other system instruction; one here is a generator bug.
+            return Err(TranslatorGap::Internal(format!(
+                "stopped for system instruction {m:?}"
+            )));
+        }
+        if let Err(e) = fpu::execute(cpu, mem, &insn) {
+            return Ok(StopReason::Exception(e));
+        }
+        steps += 1;
+        if steps >= MAX_STEPS {
+            return Ok(StopReason::Budget);
+        }
     }
 }
 
