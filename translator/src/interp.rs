@@ -273,6 +273,10 @@ pub fn decode(cpu: &CpuState, mem: &mut dyn GuestMem) -> Result<Instruction, Exc
             let legacy = insn.encoding() == iced_x86::EncodingKind::Legacy;
             let real = matches!(cpu.mode(), CpuMode::Real | CpuMode::Virtual8086);
             if (real && !legacy) || !crate::system::cpuid::implemented(&insn) {
+                log::debug!(
+                    "decode: {insn} at {:#x} does not exist on the advertised CPU: #UD",
+                    cpu.rip
+                );
                 Err(Exception::cpu(UD))
             } else {
                 Ok(insn)
