@@ -110,6 +110,14 @@ const IMAGES: &[Image] = &[
         arch: Arch::X86_64,
         kind: Kind::Elf,
     },
+    // The random-bytes kernel (README.md, "fuzz"): not a pass/fail system test image.
+    Image {
+        name: "systest_fuzz",
+        source: "test-images/systests/fuzz.S",
+        script: "test-images/systests/systest.ld",
+        arch: Arch::X86_64,
+        kind: Kind::Elf,
+    },
 ];
 
 /// Directory of `.include` files shared by the guests.

@@ -114,6 +114,17 @@ pub const SYSTEST_EXIT_STATUS: i32 = exit_status(SYSTEST_EXIT_VALUE) as i32;
 /// Process exit status of a system test image with at least one failed check: 3.
 pub const SYSTEST_FAIL_STATUS: i32 = exit_status(1) as i32;
 
+/// The fuzz kernel (`test-images/systests/fuzz.S`): runs the bytes of its first Multiboot
+/// module at ring 0 or 3 (`--append ring0|ring3 [compat]`), prints one `FUZZ:` line per fault
+/// and `FUZZ-DONE faults=<n>`, then exits with [`FUZZ_EXIT_VALUE`]. Not in [`SYSTESTS`].
+pub const FUZZ_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/systest_fuzz.elf"));
+
+/// Debug-exit value of the fuzz kernel after `FUZZ-DONE`.
+pub const FUZZ_EXIT_VALUE: u32 = 0x21;
+
+/// Process exit status of a fuzz kernel run that reached `FUZZ-DONE`: 67.
+pub const FUZZ_EXIT_STATUS: i32 = exit_status(FUZZ_EXIT_VALUE) as i32;
+
 #[cfg(test)]
 mod tests {
     use super::*;
