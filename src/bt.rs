@@ -23,7 +23,7 @@ use ringzero_devices::lapic::SharedLapic;
 use ringzero_devices::pic::SharedPic;
 use ringzero_devices::pit::{SharedPit, TimeSource};
 use ringzero_devices::{Bus, MachineControl};
-use ringzero_translator::engine::{Engine, StopReason};
+use ringzero_translator::engine::{Engine, StopReason, TierPolicy};
 use ringzero_translator::interp;
 use ringzero_translator::mem::GuestMem;
 use ringzero_translator::mmu::{PhysMem, RamPage, SystemMem};
@@ -183,6 +183,8 @@ pub struct BtVcpu {
     tracer: Option<Tracer>,
     /// Events delivered since the last trace record, written after it.
     trace_events: Vec<TraceEvent>,
+    /// The vector of the last event delivered (for `ringzero lockstep`).
+    last_delivered: Option<u8>,
 }
 
 /// Errors creating the BT backend.
@@ -224,6 +226,7 @@ impl BtVcpu {
             instructions: 0,
             tracer: None,
             trace_events: Vec::new(),
+            last_delivered: None,
         })
     }
 
@@ -314,6 +317,7 @@ impl BtVcpu {
     }
 
     fn deliver(&mut self, event: Event) -> Result<Option<VcpuExit>, VcpuError> {
+        self.last_delivered = Some(event.vector);
         if self.tracer.is_some() {
             self.trace_events.push(TraceEvent {
                 what: match event.kind {
@@ -468,6 +472,99 @@ impl BtVcpu {
             self.waker.wait(wait);
         }
         None
+    }
+}
+
+/// What [`BtVcpu::run_insns`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InsnRun {
+    /// Instructions retired (tiers and monitor).
+    pub executed: u64,
+    /// The vector of an exception delivered after the last retired instruction that no
+    /// retired instruction accounts for (a fault: the faulting instruction did not retire).
+    pub fault: Option<u8>,
+    /// The run must end (triple fault, or a machine event a device posted).
+    pub exit: Option<VcpuExit>,
+}
+
+/// Hooks for `ringzero lockstep`, which drives the CPU itself: it runs instructions in chunks
+/// it chooses and polls timers and interrupts only at points it chooses, so two CPUs on equal
+/// clocks take the same interrupts at the same instruction counts.
+impl BtVcpu {
+    /// Changes the translator's tier policy (lockstep's reference interprets every block).
+    pub fn set_tier_policy(&mut self, policy: TierPolicy) {
+        self.engine.set_policy(policy);
+    }
+
+    /// Runs at most `budget` instructions without polling timers or taking interrupts,
+    /// handling what stops the engine (a system instruction runs in the monitor, a fault is
+    /// delivered); returns at the first such stop. A halted CPU runs nothing. With a tracer on,
+    /// steps and records one instruction at a time.
+    pub fn run_insns(&mut self, io: &IoBuses<'_>, budget: u64) -> Result<InsnRun, VcpuError> {
+        let start = self.instructions;
+        let mut run = InsnRun {
+            executed: 0,
+            fault: None,
+            exit: None,
+        };
+        if self.cpu.halted || budget == 0 {
+            return Ok(run);
+        }
+        // Under an STI/MOV SS shadow one instruction runs before interrupts are looked at.
+        let budget = if self.shadow { 1 } else { budget };
+        if self.tracer.is_some() {
+            while self.instructions - start < budget && !self.cpu.halted {
+                let before = self.instructions;
+                self.last_delivered = None;
+                run.exit = self.step_traced(io.pio)?;
+                self.write_trace_events()?;
+                if self.instructions == before {
+                    run.fault = self.last_delivered;
+                    break;
+                }
+                if run.exit.is_some() || self.last_delivered.is_some() {
+                    break;
+                }
+            }
+        } else {
+            self.last_delivered = None;
+            self.shadow = false;
+            self.mem.set_context(&self.cpu);
+            let exit = self.engine.run(&mut self.cpu, &mut self.mem, budget);
+            self.instructions += exit.executed;
+            if let StopReason::Exception(e) = exit.reason {
+                let before = self.instructions;
+                run.exit = self.handle(e, io.pio)?;
+                if self.instructions == before {
+                    run.fault = self.last_delivered;
+                }
+            }
+        }
+        if run.exit.is_none() && self.control.is_pending() {
+            run.exit = Some(VcpuExit::MachineEvent);
+        }
+        run.executed = self.instructions - start;
+        Ok(run)
+    }
+
+    /// Polls the timers and takes a pending NMI or external interrupt if the CPU accepts one
+    /// now (what [`Vcpu::run`] does between slices); returns the vector delivered, if any.
+    pub fn poll_interrupts(&mut self) -> Result<(Option<u8>, Option<VcpuExit>), VcpuError> {
+        self.last_delivered = None;
+        self.poll_timers();
+        let exit = self.take_interrupt()?;
+        self.write_trace_events()?;
+        Ok((self.last_delivered.take(), exit))
+    }
+
+    /// The earliest timer deadline, in nanoseconds on the platform clock.
+    pub fn next_timer_deadline(&self) -> u64 {
+        self.next_deadline()
+    }
+
+    /// Whether the CPU is halted (waiting for an interrupt).
+    pub fn is_halted(&self) -> bool {
+        self.cpu.halted
     }
 }
 

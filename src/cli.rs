@@ -51,6 +51,64 @@ pub enum Command {
     /// Compare the binary translator with the real CPU on random instruction sequences.
     #[command(after_help = DIFFTEST_AFTER_HELP)]
     Difftest(DifftestArgs),
+    /// Run a guest under the binary translator beside a reference CPU and report the first
+    /// divergence of the architectural state.
+    #[command(after_help = LOCKSTEP_AFTER_HELP)]
+    Lockstep(LockstepArgs),
+}
+
+const LOCKSTEP_AFTER_HELP: &str = "\
+Two machines are built from the same image. The BT (adaptive: interpreter, then the JIT for hot
+blocks) runs chunks of at most --every instructions; the reference runs as many; GPRs, RIP,
+RFLAGS, segment selectors/bases/limits, GDTR/IDTR, CR0/2/3/4, EFER and the halt state are
+compared. References: `interp` (default) is a deterministic twin BT machine that only
+interprets, both machines on an instruction-driven clock taking interrupts at the same counts;
+`kvm` is the KVM backend single-stepping (the BT is resynchronised after IN/RDTSC/RDMSR/CPUID;
+interrupts are blocked, so it stops at the first HLT). The output names the reference used. On a
+divergence: the instruction count, each differing register (reference vs bt) and the last --last
+trace records. Exit status: 0 no divergence (the guest ended the same way on both, --max-insns
+was reached, or the reference could not follow further, as printed); 1 divergence; 3 the requested reference is unavailable on this host;
+2 usage or host error. See docs/lockstep.md.";
+
+/// Arguments of `ringzero lockstep`.
+#[derive(Debug, Parser)]
+pub struct LockstepArgs {
+    /// The reference CPU the BT is compared with.
+    #[arg(long, value_enum, default_value_t = crate::lockstep::Reference::Interp)]
+    pub reference: crate::lockstep::Reference,
+    /// Stop after this many instructions (exit status 0 when no divergence by then).
+    #[arg(long, value_name = "N", default_value_t = crate::lockstep::DEFAULT_MAX_INSNS)]
+    pub max_insns: u64,
+    /// Compare the states at least every N instructions (1 = every instruction; the JIT only
+    /// runs whole blocks, so N below the block size keeps it from running).
+    /// Default: 64 (one translated block at most) with `interp`, 1 with `kvm`.
+    #[arg(long, value_name = "N")]
+    pub every: Option<u64>,
+    /// Trace records printed with a divergence (0: none).
+    #[arg(long, value_name = "K", default_value_t = crate::lockstep::DEFAULT_LAST)]
+    pub last: usize,
+    /// Linux bzImage (or a Multiboot ELF) to boot.
+    #[arg(long, value_name = "PATH", group = "image")]
+    pub kernel: Option<PathBuf>,
+    /// Multiboot v1 ELF kernel to boot (--initrd becomes its first module).
+    #[arg(long, value_name = "PATH", group = "image")]
+    pub multiboot: Option<PathBuf>,
+    /// Raw image loaded at ADDR and entered in real mode.
+    #[arg(long, value_name = "PATH@ADDR", group = "image", value_parser = parse_flat)]
+    pub flat: Option<FlatSpec>,
+    /// Initial ramdisk (Linux) or first module (Multiboot).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    pub append: Option<String>,
+    /// Guest RAM, e.g. 512M (suffixes K, M, G).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub mem: u64,
+    /// Where the BT machine's UART output goes (the reference's is discarded): stdio,
+    /// file:PATH, or none.
+    #[arg(long, value_name = "TARGET", default_value = "none", value_parser = parse_serial)]
+    pub serial: SerialTarget,
 }
 
 const DIFFTEST_AFTER_HELP: &str = "\

@@ -270,6 +270,161 @@ impl Drop for KvmVcpu {
     }
 }
 
+/// What one `KVM_RUN` ended with, once the machine's part of it is done.
+enum Flow {
+    /// Handled (I/O dispatched, signal): enter the guest again.
+    Continue,
+    /// A debug exit (under single-step: one instruction retired).
+    Debug,
+    /// The run ends.
+    Exit(VcpuExit),
+}
+
+/// What [`KvmVcpu::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmStep {
+    /// A debug exit came back: under single-step, one instruction retired (or an event was
+    /// delivered and its handler's first instruction is next).
+    Stepped {
+        /// Exits handled in user space on the way (port or MMIO accesses, signals).
+        exits: u32,
+    },
+    /// The run ended before a debug exit (machine event, shutdown, kick).
+    Exit(VcpuExit),
+}
+
+impl KvmVcpu {
+    /// Runs `KVM_RUN` once and does the machine's part of its exit.
+    fn run_once(&mut self, io: &IoBuses<'_>) -> Result<Flow, VcpuError> {
+        let stats = &mut self.stats;
+        match self.fd.run() {
+            Ok(KvmExit::IoIn(port, data)) => {
+                stats.record(ExitKind::PortIoIn);
+                io.pio.read(u64::from(port), data);
+            }
+            Ok(KvmExit::IoOut(port, data)) => {
+                stats.record(ExitKind::PortIoOut);
+                io.pio.write(u64::from(port), data);
+            }
+            Ok(KvmExit::MmioRead(addr, data)) => {
+                stats.record(ExitKind::MmioRead);
+                io.mmio.read(addr, data);
+            }
+            Ok(KvmExit::MmioWrite(addr, data)) => {
+                stats.record(ExitKind::MmioWrite);
+                io.mmio.write(addr, data);
+            }
+            Ok(KvmExit::Hlt) => {
+                stats.record(ExitKind::Halt);
+                return Ok(Flow::Exit(VcpuExit::Halted));
+            }
+            Ok(KvmExit::Shutdown) => {
+                stats.record(ExitKind::Shutdown);
+                return Ok(Flow::Exit(VcpuExit::Shutdown));
+            }
+            Ok(KvmExit::SystemEvent(kind, _)) => {
+                stats.record(ExitKind::Other);
+                match kind {
+                    KVM_SYSTEM_EVENT_RESET => self.control.request(MachineEvent::Reset),
+                    KVM_SYSTEM_EVENT_SHUTDOWN => self.control.request(MachineEvent::PowerOff),
+                    KVM_SYSTEM_EVENT_CRASH => {
+                        return Err(VcpuError::GuestFailure("guest crash event".into()))
+                    }
+                    other => log::warn!("ignoring KVM system event {other}"),
+                }
+            }
+            Ok(KvmExit::Intr) => stats.record(ExitKind::Interrupted),
+            Ok(KvmExit::Debug(_)) => {
+                stats.record(ExitKind::Debug);
+                return Ok(Flow::Debug);
+            }
+            Ok(KvmExit::FailEntry(reason, cpu)) => {
+                stats.record(ExitKind::InternalError);
+                return Err(VcpuError::GuestFailure(format!(
+                    "entry failed on cpu {cpu}: hardware reason {reason:#x}"
+                )));
+            }
+            Ok(KvmExit::InternalError) => {
+                stats.record(ExitKind::InternalError);
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so this union arm is live.
+                let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                let at = match (self.fd.get_regs(), self.fd.get_sregs()) {
+                    (Ok(r), Ok(s)) => format!(" at cs:rip {:#x}:{:#x}", s.cs.selector, r.rip),
+                    _ => String::new(),
+                };
+                let what = match suberror {
+                    kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => {
+                        "the hypervisor could not emulate an instruction"
+                    }
+                    kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => {
+                        "the hypervisor hit an exception while delivering another"
+                    }
+                    kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => {
+                        "the hypervisor could not deliver an event"
+                    }
+                    _ => "KVM internal error",
+                };
+                return Err(VcpuError::GuestFailure(format!(
+                    "{what} (KVM internal error, suberror {suberror}){at}"
+                )));
+            }
+            Ok(other) => {
+                stats.record(ExitKind::Other);
+                return Err(VcpuError::GuestFailure(format!(
+                    "unexpected KVM exit {other:?}"
+                )));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                stats.record(ExitKind::Interrupted);
+            }
+            Err(e) => return Err(hv("KVM_RUN")(e)),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Turns KVM single-stepping on or off (`KVM_SET_GUEST_DEBUG` with `KVM_GUESTDBG_ENABLE |
+    /// KVM_GUESTDBG_SINGLESTEP`, plus `KVM_GUESTDBG_BLOCKIRQ` when `block_irq`: no interrupt
+    /// is injected while stepping). For `ringzero lockstep`.
+    pub fn set_single_step(&mut self, on: bool, block_irq: bool) -> Result<(), VcpuError> {
+        let mut control = 0;
+        if on {
+            control = kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_SINGLESTEP;
+            if block_irq {
+                control |= kvm_bindings::KVM_GUESTDBG_BLOCKIRQ;
+            }
+        }
+        let dbg = kvm_bindings::kvm_guest_debug {
+            control,
+            ..Default::default()
+        };
+        self.fd
+            .set_guest_debug(&dbg)
+            .map_err(hv("KVM_SET_GUEST_DEBUG"))
+    }
+
+    /// Enters the guest until one debug exit (one instruction under single-step), dispatching
+    /// port and MMIO accesses on the way; for `ringzero lockstep`.
+    pub fn step(&mut self, io: &IoBuses<'_>) -> Result<KvmStep, VcpuError> {
+        self.register_kick_target();
+        let mut exits = 0;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                self.stats.record(ExitKind::Interrupted);
+                return Ok(KvmStep::Exit(VcpuExit::Interrupted));
+            }
+            match self.run_once(io)? {
+                Flow::Exit(e) => return Ok(KvmStep::Exit(e)),
+                Flow::Debug => return Ok(KvmStep::Stepped { exits }),
+                Flow::Continue => exits += 1,
+            }
+            if self.control.is_pending() {
+                return Ok(KvmStep::Exit(VcpuExit::MachineEvent));
+            }
+        }
+    }
+}
+
 impl Vcpu for KvmVcpu {
     fn backend(&self) -> &'static str {
         "kvm"
@@ -282,89 +437,9 @@ impl Vcpu for KvmVcpu {
                 self.stats.record(ExitKind::Interrupted);
                 return Ok(VcpuExit::Interrupted);
             }
-            let stats = &mut self.stats;
-            match self.fd.run() {
-                Ok(KvmExit::IoIn(port, data)) => {
-                    stats.record(ExitKind::PortIoIn);
-                    io.pio.read(u64::from(port), data);
-                }
-                Ok(KvmExit::IoOut(port, data)) => {
-                    stats.record(ExitKind::PortIoOut);
-                    io.pio.write(u64::from(port), data);
-                }
-                Ok(KvmExit::MmioRead(addr, data)) => {
-                    stats.record(ExitKind::MmioRead);
-                    io.mmio.read(addr, data);
-                }
-                Ok(KvmExit::MmioWrite(addr, data)) => {
-                    stats.record(ExitKind::MmioWrite);
-                    io.mmio.write(addr, data);
-                }
-                Ok(KvmExit::Hlt) => {
-                    stats.record(ExitKind::Halt);
-                    return Ok(VcpuExit::Halted);
-                }
-                Ok(KvmExit::Shutdown) => {
-                    stats.record(ExitKind::Shutdown);
-                    return Ok(VcpuExit::Shutdown);
-                }
-                Ok(KvmExit::SystemEvent(kind, _)) => {
-                    stats.record(ExitKind::Other);
-                    match kind {
-                        KVM_SYSTEM_EVENT_RESET => self.control.request(MachineEvent::Reset),
-                        KVM_SYSTEM_EVENT_SHUTDOWN => self.control.request(MachineEvent::PowerOff),
-                        KVM_SYSTEM_EVENT_CRASH => {
-                            return Err(VcpuError::GuestFailure("guest crash event".into()))
-                        }
-                        other => log::warn!("ignoring KVM system event {other}"),
-                    }
-                }
-                Ok(KvmExit::Intr) => stats.record(ExitKind::Interrupted),
-                Ok(KvmExit::Debug(_)) => {
-                    stats.record(ExitKind::Debug);
-                }
-                Ok(KvmExit::FailEntry(reason, cpu)) => {
-                    stats.record(ExitKind::InternalError);
-                    return Err(VcpuError::GuestFailure(format!(
-                        "entry failed on cpu {cpu}: hardware reason {reason:#x}"
-                    )));
-                }
-                Ok(KvmExit::InternalError) => {
-                    stats.record(ExitKind::InternalError);
-                    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so this union arm is live.
-                    let suberror =
-                        unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                    let at = match (self.fd.get_regs(), self.fd.get_sregs()) {
-                        (Ok(r), Ok(s)) => format!(" at cs:rip {:#x}:{:#x}", s.cs.selector, r.rip),
-                        _ => String::new(),
-                    };
-                    let what = match suberror {
-                        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => {
-                            "the hypervisor could not emulate an instruction"
-                        }
-                        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => {
-                            "the hypervisor hit an exception while delivering another"
-                        }
-                        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => {
-                            "the hypervisor could not deliver an event"
-                        }
-                        _ => "KVM internal error",
-                    };
-                    return Err(VcpuError::GuestFailure(format!(
-                        "{what} (KVM internal error, suberror {suberror}){at}"
-                    )));
-                }
-                Ok(other) => {
-                    stats.record(ExitKind::Other);
-                    return Err(VcpuError::GuestFailure(format!(
-                        "unexpected KVM exit {other:?}"
-                    )));
-                }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.fd.set_kvm_immediate_exit(0);
-                    stats.record(ExitKind::Interrupted);
-                }
-                Err(e) => return Err(hv("KVM_RUN")(e)),
+            match self.run_once(io)? {
+                Flow::Exit(e) => return Ok(e),
+                Flow::Continue | Flow::Debug => {}
             }
             if self.control.is_pending() {
                 return Ok(VcpuExit::MachineEvent);

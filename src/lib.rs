@@ -14,6 +14,7 @@ pub mod difftest;
 pub mod images;
 pub mod kvm;
 pub mod loader;
+pub mod lockstep;
 pub mod machine;
 pub mod memory;
 pub mod trace;

@@ -30,7 +30,7 @@ use ringzero_devices::{
 use crate::acpi::{self, AcpiError, AcpiLayout};
 use crate::bt::{BtError, BtPlatform, BtVcpu};
 use crate::cli::{status, Accel, SerialTarget, Syntax, TraceFormat};
-use crate::kvm::{self, KvmError, KvmVm};
+use crate::kvm::{self, KvmError, KvmVcpu, KvmVm};
 use crate::loader::{self, BootSetup, LoadError};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::trace::Tracer;
@@ -282,6 +282,7 @@ fn build_platform(
     irq: Arc<dyn IrqSink>,
     control: &Arc<MachineControl>,
     cmdline: &str,
+    clock: Option<&Arc<dyn TimeSource>>,
 ) -> Result<Platform, MachineError> {
     let mut pio = Bus::new(BusKind::Pio);
     let mmio = Bus::new(BusKind::Mmio);
@@ -291,7 +292,15 @@ fn build_platform(
         serial_output(&config.serial)?,
     )));
     pio.insert(COM1_PORT, 8, uart.clone())?;
-    pio.insert(0x70, 2, shared(CmosRtc::new(mem_size, irq::line(&irq, 8))))?;
+    let rtc = match clock {
+        Some(c) => CmosRtc::with_clock(
+            mem_size,
+            irq::line(&irq, 8),
+            Box::new(RtcOnClock(Arc::clone(c))),
+        ),
+        None => CmosRtc::new(mem_size, irq::line(&irq, 8)),
+    };
+    pio.insert(0x70, 2, shared(rtc))?;
     let i8042 = Arc::new(Mutex::new(I8042::new(
         irq::line(&irq, 1),
         irq::line(&irq, 12),
@@ -322,10 +331,14 @@ fn build_platform(
         shared(PciConfigIo::new(pci_bus, Some(reset))),
     )?;
     TestDevice::new(Arc::clone(&irq)).register(&mut pio)?;
+    let pm_clock: Arc<dyn TimeSource> = match clock {
+        Some(c) => Arc::clone(c),
+        None => HostClock::new(),
+    };
     let pm = AcpiPm::new(
         Arc::clone(control),
         irq::line(&irq, u32::from(acpi_pm::SCI_IRQ)),
-        HostClock::new(),
+        pm_clock,
     );
     pio.insert(
         u64::from(acpi_pm::PM_BASE_PORT),
@@ -367,43 +380,116 @@ fn cmdline_of(boot: &BootSource) -> &str {
     }
 }
 
-/// Builds the machine described by `config` and runs it to the end.
-///
-/// `on_start` receives a [`StopHandle`] before the guest first runs (the CLI wires the
-/// console's quit key to it).
-pub fn run(
-    config: MachineConfig,
-    on_start: impl FnOnce(StopHandle, Arc<Mutex<Uart16550>>),
-) -> Result<RunReport, MachineError> {
-    let accel = match (&config.trace, config.accel) {
-        (None, a) => resolve_accel(a)?,
-        // The trace is the BT's: `auto` picks it.
-        (Some(_), Accel::Auto | Accel::Bt) => Accel::Bt,
-        (Some(_), Accel::Kvm) => {
-            return Err(MachineError::BackendUnavailable(
-                "--trace insn runs under --accel bt (or auto); tracing under KVM \
-                 (single-step) is not available yet"
-                    .into(),
-            ))
+/// The wall clock the RTC reads when the machine runs on an explicit [`TimeSource`]: a fixed
+/// date (2024-01-01 00:00:00 UTC) plus the clock, so two machines on equal clocks read equal
+/// dates.
+struct RtcOnClock(Arc<dyn TimeSource>);
+
+/// Seconds from the Unix epoch to 2024-01-01 00:00:00 UTC.
+const RTC_EPOCH_SECS: u64 = 1_704_067_200;
+
+impl ringzero_devices::rtc::Clock for RtcOnClock {
+    fn now(&self) -> Duration {
+        Duration::from_secs(RTC_EPOCH_SECS) + Duration::from_nanos(self.0.now_ns())
+    }
+}
+
+/// Choices [`build`] makes that `run` leaves at their defaults (used by `ringzero lockstep`).
+#[derive(Default, Clone)]
+pub struct BuildOptions {
+    /// The clock the timers (PIT, local APIC, ACPI PM timer), the RTC and the BT's TSC count
+    /// on; `None`: the host's. Only the BT backend's devices take it (KVM's timers are
+    /// in-kernel).
+    pub clock: Option<Arc<dyn TimeSource>>,
+}
+
+/// The CPU of a built machine, by backend.
+pub enum MachineCpu {
+    /// Binary translation.
+    Bt(Box<BtVcpu>),
+    /// KVM.
+    Kvm(Box<KvmVcpu>),
+}
+
+impl MachineCpu {
+    /// The backend-neutral view.
+    pub fn vcpu(&mut self) -> &mut dyn Vcpu {
+        match self {
+            MachineCpu::Bt(v) => v.as_mut(),
+            MachineCpu::Kvm(v) => v.as_mut(),
         }
-    };
+    }
+}
+
+/// A machine built, loaded and in its entry state, not yet run.
+pub struct Machine {
+    /// Guest RAM.
+    pub mem: Arc<GuestMemory>,
+    /// Port I/O bus.
+    pub pio: Bus,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// COM1.
+    pub uart: Arc<Mutex<Uart16550>>,
+    /// Where devices post machine events.
+    pub control: Arc<MachineControl>,
+    /// The vCPU's stop flag.
+    pub stop: Arc<AtomicBool>,
+    /// The CPU.
+    pub cpu: MachineCpu,
+    /// What the loader did.
+    pub setup: BootSetup,
+}
+
+impl Machine {
+    /// The buses to pass to the vCPU's run calls.
+    pub fn io(&self) -> IoBuses<'_> {
+        IoBuses {
+            pio: &self.pio,
+            mmio: &self.mmio,
+        }
+    }
+
+    /// Writes out COM1's buffered output.
+    pub fn flush_serial(&self) {
+        flush_uart(&self.uart);
+    }
+}
+
+/// Builds the machine `config` describes on `accel` (`Bt` or `Kvm`; `Auto` means KVM), loads
+/// the guest and sets the entry state.
+pub fn build(
+    config: &MachineConfig,
+    accel: Accel,
+    opts: &BuildOptions,
+) -> Result<Machine, MachineError> {
     let mem = Arc::new(GuestMemory::new(config.mem_size)?);
     let control = MachineControl::new();
     let stop = Arc::new(AtomicBool::new(false));
     let cmdline = cmdline_of(&config.boot);
-    let (platform, mmio, mut vcpu): (Platform, Arc<Bus>, Box<dyn Vcpu>) = match accel {
+    let (platform, mmio, mut cpu) = match accel {
         Accel::Bt => {
             // The board: ISA interrupt lines go to both the 8259 pair and the I/O APIC (the
             // MADT tells Linux so), the I/O APIC delivers to the local APIC.
             let pic = SharedPic::default();
-            let clock: Arc<dyn TimeSource> = HostClock::new();
+            let clock: Arc<dyn TimeSource> = match &opts.clock {
+                Some(c) => Arc::clone(c),
+                None => HostClock::new(),
+            };
             let lapic = SharedLapic::new(LocalApic::new(Arc::clone(&clock)));
             let ioapic = SharedIoApic::new(IoApic::new(Arc::new(lapic.clone())));
             ioapic.connect_eoi(&lapic);
             let irq: Arc<dyn IrqSink> =
                 Arc::new(IsaIrqRouter::new(pic.irq_sink(), ioapic.irq_sink()));
             let pit = SharedPit::new(Pit8254::new(Arc::clone(&clock), irq::line(&irq, 0)));
-            let mut platform = build_platform(&config, mem.size(), irq, &control, cmdline)?;
+            let mut platform = build_platform(
+                config,
+                mem.size(),
+                irq,
+                &control,
+                cmdline,
+                opts.clock.as_ref(),
+            )?;
             pic.register(&mut platform.pio)?;
             pit.register(&mut platform.pio)?;
             lapic.register(&mut platform.mmio)?;
@@ -428,18 +514,18 @@ pub fn run(
             if let Some(t) = &config.trace {
                 vcpu.set_tracer(t.tracer()?);
             }
-            (platform, mmio, Box::new(vcpu))
+            (platform, mmio, MachineCpu::Bt(Box::new(vcpu)))
         }
         Accel::Kvm | Accel::Auto => {
             let vm = KvmVm::new(&mem)?;
             let mut platform =
-                build_platform(&config, mem.size(), vm.irq_sink(), &control, cmdline)?;
+                build_platform(config, mem.size(), vm.irq_sink(), &control, cmdline, None)?;
             let mmio = Arc::new(std::mem::replace(
                 &mut platform.mmio,
                 Bus::new(BusKind::Mmio),
             ));
             let vcpu = vm.create_vcpu(0, Arc::clone(&control), Arc::clone(&stop))?;
-            (platform, mmio, Box::new(vcpu))
+            (platform, mmio, MachineCpu::Kvm(Box::new(vcpu)))
         }
     };
     // Firmware tables first: a loader may still place guest bytes over them (a flat image below
@@ -447,21 +533,55 @@ pub fn run(
     acpi::write_tables(&mem, &AcpiLayout::default())?;
     let setup = load(&mem, &config.boot)?;
     log::info!("{}", setup.summary);
-    vcpu.set_state(&setup.cpu)?;
-
-    let handle = StopHandle {
+    cpu.vcpu().set_state(&setup.cpu)?;
+    Ok(Machine {
+        mem,
+        pio: platform.pio,
+        mmio,
+        uart: platform.uart,
+        control,
         stop,
+        cpu,
+        setup,
+    })
+}
+
+/// Builds the machine described by `config` and runs it to the end.
+///
+/// `on_start` receives a [`StopHandle`] before the guest first runs (the CLI wires the
+/// console's quit key to it).
+pub fn run(
+    config: MachineConfig,
+    on_start: impl FnOnce(StopHandle, Arc<Mutex<Uart16550>>),
+) -> Result<RunReport, MachineError> {
+    let accel = match (&config.trace, config.accel) {
+        (None, a) => resolve_accel(a)?,
+        // The trace is the BT's: `auto` picks it.
+        (Some(_), Accel::Auto | Accel::Bt) => Accel::Bt,
+        (Some(_), Accel::Kvm) => {
+            return Err(MachineError::BackendUnavailable(
+                "--trace insn runs under --accel bt (or auto); tracing under KVM \
+                 (single-step) is not available yet"
+                    .into(),
+            ))
+        }
+    };
+    let mut machine = build(&config, accel, &BuildOptions::default())?;
+    let handle = StopHandle {
+        stop: Arc::clone(&machine.stop),
         reason: Arc::new(Mutex::new(None)),
         // SAFETY: pthread_self has no preconditions.
         thread: unsafe { libc::pthread_self() },
     };
     let watchdog = config.timeout.map(|t| Watchdog::start(handle.clone(), t));
-    on_start(handle.clone(), Arc::clone(&platform.uart));
+    on_start(handle.clone(), Arc::clone(&machine.uart));
 
     let io = IoBuses {
-        pio: &platform.pio,
-        mmio: &mmio,
+        pio: &machine.pio,
+        mmio: &machine.mmio,
     };
+    let control = &machine.control;
+    let vcpu = machine.cpu.vcpu();
     let started = Instant::now();
     let outcome = loop {
         match vcpu.run(&io)? {
@@ -487,13 +607,13 @@ pub fn run(
     if let Some(w) = watchdog {
         w.cancel();
     }
-    flush_uart(&platform.uart);
+    flush_uart(&machine.uart);
     Ok(RunReport {
         outcome,
         backend: vcpu.backend(),
         stats: vcpu.stats().clone(),
         wall,
-        boot_summary: setup.summary,
+        boot_summary: std::mem::take(&mut machine.setup.summary),
     })
 }
 

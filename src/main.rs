@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use ringzero::cli::{status, Cli, Command, DifftestArgs, DifftestMode, RunArgs, SerialTarget};
+use ringzero::cli::{
+    status, Cli, Command, DifftestArgs, DifftestMode, LockstepArgs, RunArgs, SerialTarget,
+};
 use ringzero::difftest::{driver, gen::Family, DifftestError, Mode};
 use ringzero::loader::{self, KernelKind};
 use ringzero::machine::{
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Difftest(args) => difftest(args),
+        Command::Lockstep(args) => lockstep(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -167,6 +170,60 @@ fn difftest(args: DifftestArgs) -> Result<u8> {
         }
         Err(e @ (DifftestError::KvmUnavailable(_) | DifftestError::NotNative(_))) => {
             eprintln!("ringzero: difftest: no hardware reference: {e}");
+            Ok(status::NO_REFERENCE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn lockstep(args: LockstepArgs) -> Result<u8> {
+    use ringzero::lockstep::{self, Injection, LockstepConfig, LockstepError, INJECT_ENV};
+    // The image flags mean what they mean for `run`: build the boot source the same way.
+    let image = RunArgs::try_parse_from(["ringzero"])?;
+    let image = RunArgs {
+        kernel: args.kernel,
+        multiboot: args.multiboot,
+        flat: args.flat,
+        initrd: args.initrd,
+        append: args.append,
+        ..image
+    };
+    let config = MachineConfig {
+        accel: ringzero::cli::Accel::Bt,
+        boot: boot_source(&image)?,
+        mem_size: args.mem,
+        serial: args.serial,
+        timeout: None,
+        trace: None,
+    };
+    let inject = match std::env::var(INJECT_ENV) {
+        Ok(v) => Some(
+            Injection::parse(&v)
+                .with_context(|| format!("{INJECT_ENV}={v}: expected bt|ref:COUNT:GPR"))?,
+        ),
+        Err(_) => None,
+    };
+    let ls = LockstepConfig {
+        reference: args.reference,
+        max_insns: args.max_insns,
+        every: args.every.unwrap_or(match args.reference {
+            lockstep::Reference::Interp => lockstep::DEFAULT_EVERY,
+            lockstep::Reference::Kvm => 1,
+        }),
+        last: args.last,
+        inject,
+    };
+    match lockstep::run(&config, &ls) {
+        Ok(report) => {
+            print!("{}", report.render());
+            Ok(report.exit_status())
+        }
+        Err(LockstepError::Unavailable(why)) => {
+            println!("lockstep: reference = {}", args.reference.name());
+            eprintln!(
+                "ringzero: lockstep: the {} reference is unavailable here: {why}",
+                args.reference.name()
+            );
             Ok(status::NO_REFERENCE)
         }
         Err(e) => Err(e.into()),
