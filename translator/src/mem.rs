@@ -62,13 +62,14 @@ pub trait GuestMem {
     }
     /// The TLB halves compiled code may read to serve [`GuestMem::read`]/[`GuestMem::write`]
     /// hits inline, valid until the next call of any other method (which may change the
-    /// privilege half); `None` (the default) sends every access through the methods.
+    /// privilege half); [`crate::mmu::FastPath::NONE`] (the default) sends every access
+    /// through the methods. Called at every compiled-block entry: keep it cheap.
     ///
     /// An implementation promises that an access the [`crate::mmu::FastPath`] allows behaves
     /// exactly as the method would (no fault, no side effect besides the bytes, no code write
     /// to record), and hands out no write half while [`GuestMem::code_write_pending`] holds.
-    fn fast_path(&mut self) -> Option<crate::mmu::FastPath> {
-        None
+    fn fast_path(&mut self) -> crate::mmu::FastPath {
+        crate::mmu::FastPath::NONE
     }
 }
 

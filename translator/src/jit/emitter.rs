@@ -389,16 +389,17 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
         } else {
             vpn
         };
-        let tag_hit = self.b.ins().icmp(IntCC::Equal, tag, last_page);
-        let miss = self.b.create_block();
-        self.b.set_cold_block(miss);
-        let tag_ok = self.b.create_block();
-        self.b.ins().brif(tag_hit, tag_ok, &[], miss, &[]);
-        self.b.switch_to_block(tag_ok);
+        // The host pointer on a tag hit, else null: one branch for both tests (the slot's
+        // fields are always readable, whatever its tag).
         let host = self
             .b
             .ins()
             .load(types::I64, tlb_slot(), slot, TlbEntry::HOST_OFFSET as i32);
+        let tag_hit = self.b.ins().icmp(IntCC::Equal, tag, last_page);
+        let null = self.b.ins().iconst(types::I64, 0);
+        let host = self.b.ins().select(tag_hit, host, null);
+        let miss = self.b.create_block();
+        self.b.set_cold_block(miss);
         let ram = self.b.create_block();
         self.b.ins().brif(host, ram, &[], miss, &[]);
         self.b.switch_to_block(ram);

@@ -24,6 +24,7 @@ unsafe impl Sync for NoTlb {}
 static NO_TLB: NoTlb = NoTlb([TlbEntry::EMPTY; TLB_ENTRIES]);
 
 /// `p`, or the empty half when `p` is null.
+#[inline]
 fn table_or_empty(p: *const TlbEntry) -> *const TlbEntry {
     if p.is_null() {
         NO_TLB.0.as_ptr()
@@ -60,17 +61,14 @@ impl<'a> RunCtx<'a> {
     /// ([`GuestMem::fast_path`]; taken afresh for every block run, since the privilege half
     /// may differ between runs).
     pub fn new(mem: &'a mut dyn GuestMem) -> Self {
-        let (read, write) = match mem.fast_path() {
-            Some(f) => (f.read, f.write),
-            None => (std::ptr::null(), std::ptr::null()),
-        };
+        let f = mem.fast_path();
         RunCtx {
             status: 0,
             div_q: 0,
             div_r: 0,
             code_written: 0,
-            tlb_read: table_or_empty(read),
-            tlb_write: table_or_empty(write),
+            tlb_read: table_or_empty(f.read),
+            tlb_write: table_or_empty(f.write),
             fault: None,
             mem,
         }

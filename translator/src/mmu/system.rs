@@ -44,6 +44,9 @@ pub struct SystemMem {
     code_writes: Vec<u64>,
     /// Counters.
     stats: MmuStats,
+    /// The TLB halves of explicit accesses at the current privilege ([`GuestMem::fast_path`]),
+    /// kept with `half` (the arrays are boxed: the pointers survive moves of `self`).
+    fast: FastPath,
 }
 
 // SAFETY: the only non-Send fields are the TLB's host pointers, which point into `phys`'s RAM
@@ -66,15 +69,26 @@ impl SystemMem {
     /// Guest memory over `phys`, paging off at CPL 0 until [`SystemMem::set_context`].
     pub fn new(phys: Box<dyn PhysMem + Send>) -> Self {
         let ctx = PagingContext::default();
+        let tlb = Tlb::new();
+        let fast = Self::fast_of(&tlb, 0);
         SystemMem {
             phys,
             ctx,
-            tlb: Tlb::new(),
+            tlb,
             half: 0,
             linear_mask: ctx.linear_mask(),
             watched: HashSet::new(),
             code_writes: Vec::new(),
             stats: MmuStats::default(),
+            fast,
+        }
+    }
+
+    /// The fast-path halves of `tlb` for explicit accesses in `half`.
+    fn fast_of(tlb: &Tlb, half: usize) -> FastPath {
+        FastPath {
+            read: tlb.half_ptr(Access::Read, half),
+            write: tlb.half_ptr(Access::Write, half),
         }
     }
 
@@ -98,6 +112,7 @@ impl SystemMem {
         }
         self.ctx = ctx;
         self.half = Tlb::half(ctx.user());
+        self.fast = Self::fast_of(&self.tlb, self.half);
         self.linear_mask = ctx.linear_mask();
     }
 
@@ -476,18 +491,14 @@ impl GuestMem for SystemMem {
     }
 
     #[inline]
-    fn fast_path(&mut self) -> Option<FastPath> {
+    fn fast_path(&mut self) -> FastPath {
         // Write entries never map watched pages, and a write entry's hit has no side effect
         // but the bytes, except that the helper path reports a code write still pending from
         // before (jit_store checks code_write_pending after every store): keep that exact.
-        let write = if self.code_writes.is_empty() {
-            self.tlb.half_ptr(Access::Write, self.half)
-        } else {
-            std::ptr::null()
-        };
-        Some(FastPath {
-            read: self.tlb.half_ptr(Access::Read, self.half),
-            write,
-        })
+        let mut f = self.fast;
+        if !self.code_writes.is_empty() {
+            f.write = std::ptr::null();
+        }
+        f
     }
 }

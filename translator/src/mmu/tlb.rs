@@ -92,6 +92,9 @@ impl TlbEntry {
 /// on the 4 KiB page of `a` at the current privilege, without any other check, through
 /// `host + (a & 0xfff)` (for an access that does not cross the page end). A null pointer
 /// means "no fast path for this kind": every access takes the helper.
+///
+/// Two pointers, so it is returned in registers (an `Option` around it would go through
+/// memory: it is asked for at every block entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct FastPath {
@@ -99,6 +102,14 @@ pub struct FastPath {
     pub read: *const TlbEntry,
     /// Data writes (never an entry for a watched code page or a clean page).
     pub write: *const TlbEntry,
+}
+
+impl FastPath {
+    /// No fast path: every access takes the helper.
+    pub const NONE: FastPath = FastPath {
+        read: std::ptr::null(),
+        write: std::ptr::null(),
+    };
 }
 
 /// Counters of the MMU's work.
@@ -210,6 +221,7 @@ impl Tlb {
     /// indexed by `vpn & (TLB_ENTRIES - 1)` ([`FastPath`]). The pointer stays valid while the
     /// TLB lives (the arrays are boxed and never reallocated); what it points at changes with
     /// every insert and flush.
+    #[inline]
     pub fn half_ptr(&self, access: Access, half: usize) -> *const TlbEntry {
         let set = &self.sets[access as usize];
         set.get(half & TLB_ENTRIES..)
