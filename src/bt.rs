@@ -317,6 +317,14 @@ impl BtVcpu {
     }
 
     fn deliver(&mut self, event: Event) -> Result<Option<VcpuExit>, VcpuError> {
+        let rip = self.cpu.rip;
+        self.deliver_from(event, rip)
+    }
+
+    /// Delivers `event` raised by the instruction at `insn_rip` (see
+    /// [`delivery::deliver_from`]: a fault during delivery of a software interrupt is that
+    /// instruction's fault).
+    fn deliver_from(&mut self, event: Event, insn_rip: u64) -> Result<Option<VcpuExit>, VcpuError> {
         self.last_delivered = Some(event.vector);
         if self.tracer.is_some() {
             self.trace_events.push(TraceEvent {
@@ -337,7 +345,7 @@ impl BtVcpu {
             });
         }
         self.mem.set_context(&self.cpu);
-        match delivery::deliver(&mut self.cpu, &mut self.mem, event) {
+        match delivery::deliver_from(&mut self.cpu, &mut self.mem, event, insn_rip) {
             Ok(()) => Ok(None),
             Err(delivery::TripleFault) => {
                 log::info!(
@@ -359,15 +367,22 @@ impl BtVcpu {
             Exception::Cpu { vector, error } => {
                 // The tiers raise INT3 as #BP; for the guest it is a software exception (the
                 // gate's DPL is checked).
-                let kind = if vector == sem::BP {
-                    EventKind::SoftwareException
-                } else {
-                    EventKind::Exception
-                };
+                if vector == sem::BP {
+                    // INT3 (one byte, CC) reports RIP after itself.
+                    let insn_rip = self.cpu.rip.wrapping_sub(1);
+                    return self.deliver_from(
+                        Event {
+                            vector,
+                            error,
+                            kind: EventKind::SoftwareException,
+                        },
+                        insn_rip,
+                    );
+                }
                 self.deliver(Event {
                     vector,
                     error,
-                    kind,
+                    kind: EventKind::Exception,
                 })
             }
             Exception::PageFault { linear, error } => {
@@ -420,6 +435,7 @@ impl BtVcpu {
             clock: &*self.platform.clock,
             tsc_offset: &mut self.tsc_offset,
         };
+        let insn_rip = self.cpu.rip;
         let result = system::execute(&mut self.cpu, &mut self.mem, &mut bus, &insn);
         if self.cpu.cr8 != cr8 {
             self.platform.lapic.set_cr8(self.cpu.cr8);
@@ -435,7 +451,7 @@ impl BtVcpu {
         match result {
             Ok(effect) => {
                 self.instructions += 1;
-                self.apply(effect)
+                self.apply(effect, insn_rip)
             }
             Err(Exception::System(m)) => Err(VcpuError::GuestFailure(format!(
                 "monitor has no executor for system instruction {m:?}"
@@ -444,7 +460,7 @@ impl BtVcpu {
         }
     }
 
-    fn apply(&mut self, effect: Effect) -> Result<Option<VcpuExit>, VcpuError> {
+    fn apply(&mut self, effect: Effect, insn_rip: u64) -> Result<Option<VcpuExit>, VcpuError> {
         match effect {
             Effect::Next => {}
             Effect::Shadow => self.shadow = true,
@@ -453,7 +469,7 @@ impl BtVcpu {
                 self.mem.flush(f);
                 self.engine.new_translation_epoch();
             }
-            Effect::Deliver(ev) => return self.deliver(ev),
+            Effect::Deliver(ev) => return self.deliver_from(ev, insn_rip),
         }
         Ok(None)
     }

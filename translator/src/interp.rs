@@ -266,7 +266,9 @@ pub fn decode(cpu: &CpuState, mem: &mut dyn GuestMem) -> Result<Instruction, Exc
             }
         }
     }
-    let mut decoder = Decoder::with_ip(bits, &buf[..len], cpu.rip, DecoderOptions::NONE);
+    // The advertised CPU is an AMD: decode as AMD does (a 66h-prefixed near branch in 64-bit
+    // mode has a 16-bit target and pushes 2 bytes; Intel ignores the prefix there).
+    let mut decoder = Decoder::with_ip(bits, &buf[..len], cpu.rip, DecoderOptions::AMD);
     let insn = decoder.decode();
     match decoder.last_error() {
         DecoderError::None => {

@@ -1053,3 +1053,19 @@ fn prefetch_hints_never_touch_memory() {
     t.end = CODE + 3 + 4;
     t.go().unwrap();
 }
+
+#[test]
+fn salc_sets_al_from_carry_outside_64_bit_mode() {
+    let mut t = Run::new(32, |c| {
+        c.stc()?;
+        c.db(&[0xd6])?; // salc
+        c.mov(bl, al)?;
+        c.clc()?;
+        c.db(&[0xd6])
+    });
+    t.cpu.gpr[reg::RAX] = 0x1234_5600;
+    t.end = CODE + 1 + 1 + 2 + 1 + 1;
+    t.go().unwrap();
+    assert_eq!(t.r(reg::RBX) & 0xff, 0xff);
+    assert_eq!(t.r(reg::RAX), 0x1234_5600, "only AL changes");
+}

@@ -399,3 +399,27 @@ fn fault_during_double_fault_delivery_is_triple_fault() {
         Err(TripleFault)
     );
 }
+
+#[test]
+fn fault_delivering_int_n_is_a_fault_of_the_int_instruction() {
+    let (mut cpu, mut mem) = machine(false);
+    to_ring3(&mut cpu, false);
+    idt32(&mut mem, 13, KCODE32, 0x5100, 0x8e);
+    idt32(&mut mem, 0x80, KCODE32, 0x5800, 0x8e); // DPL 0: INT 0x80 from ring 3 is #GP
+    let int_at = cpu.rip;
+    cpu.rip = int_at + 2; // INT n pushes the next RIP when it succeeds
+    ringzero_translator::system::delivery::deliver_from(
+        &mut cpu,
+        &mut mem,
+        event(0x80, None, EventKind::Software),
+        int_at,
+    )
+    .unwrap();
+    assert_eq!(cpu.rip, 0x5100, "#GP");
+    assert_eq!(get(&mut mem, STACK0 - 24, 4), 0x80 * 8 + 2);
+    assert_eq!(
+        get(&mut mem, STACK0 - 20, 4),
+        int_at,
+        "the #GP frame holds the INT instruction's address"
+    );
+}

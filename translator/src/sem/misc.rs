@@ -81,3 +81,13 @@ pub fn flag_op<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exceptio
     }
     Ok(())
 }
+
+/// SALC (undocumented by Intel, documented by AMD; D6, invalid in 64-bit mode): AL = CF ?
+/// 0xFF : 0, flags unchanged.
+pub fn salc<E: Emitter>(e: &mut E) -> Result<(), Exception> {
+    let cf = flags::compute(e, Flag::Cf);
+    let zero = e.imm(0);
+    let all = e.sub(zero, cf);
+    write_reg_bits(e, RAX, 8, all);
+    Ok(())
+}

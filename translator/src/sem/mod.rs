@@ -35,7 +35,7 @@
 //!   (CPL/IOPL rules for IF and IOPL; virtual-8086 POPF not modelled).
 //! - Strings: MOVS, STOS, LODS, CMPS, SCAS with REP/REPE/REPNE, DF and 16/32/64-bit address
 //!   sizes, one element per execution ([`string`]).
-//! - Misc: CBW/CWDE/CDQE, CWD/CDQ/CQO, LAHF, SAHF, CLC, STC, CMC, CLD, STD, NOP, PAUSE,
+//! - Misc: CBW/CWDE/CDQE, CWD/CDQ/CQO, LAHF, SAHF, SALC (outside 64-bit mode), CLC, STC, CMC, CLD, STD, NOP, PAUSE,
 //!   PREFETCH/PREFETCHW (hints), ENDBR32/ENDBR64/RDSSP (NOPs without CET), UD2
 //!   (#UD), INT3 (#BP as a trap: RIP after the instruction).
 //! - Bits: BT/BTS/BTR/BTC (register and memory, memory bit offsets beyond the operand), BSF,
@@ -258,6 +258,7 @@ fn dispatch<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
         M::Cbw | M::Cwde | M::Cdqe => misc::sign_extend_acc(e, insn),
         M::Cwd | M::Cdq | M::Cqo => misc::sign_fill_dx(e, insn),
         M::Lahf => misc::lahf(e),
+        M::Salc => misc::salc(e),
         M::Sahf => misc::sahf(e),
         M::Clc | M::Stc | M::Cmc | M::Cld | M::Std => misc::flag_op(e, insn),
         M::Movsb
@@ -302,7 +303,18 @@ fn dispatch<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
         | M::Endbr32
         | M::Endbr64
         | M::Rdsspd
-        | M::Rdsspq => Ok(()),
+        | M::Rdsspq
+        // Ordering and cache hints (SSE/SSE2 baseline, advertised): no architectural effect
+        // for one CPU and no #NM/#UD from CR0/CR4 (SDM: only the CPUID feature gates them,
+        // which the decode-time gate checked). The Linux boot executes ~430k of them; as traps
+        // each cost a monitor round trip.
+        | M::Lfence
+        | M::Mfence
+        | M::Sfence
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2 => Ok(()),
         M::Ud0 | M::Ud1 | M::Ud2 => Err(Exception::cpu(UD)),
         M::Int3 => Err(Exception::cpu(BP)),
         M::Into | M::Int | M::Int1 => Err(Exception::System(insn.mnemonic())),

@@ -78,6 +78,20 @@ pub fn deliver(
     mem: &mut dyn GuestMem,
     event: Event,
 ) -> Result<(), TripleFault> {
+    let rip = cpu.rip;
+    deliver_from(cpu, mem, event, rip)
+}
+
+/// [`deliver`] for an event raised by an instruction that starts at `insn_rip` (INT n, INT3,
+/// INTO, INT1, whose frame holds the next RIP): a fault while delivering it is a fault of that
+/// instruction, so its frame holds `insn_rip` (SDM Vol. 2 INT n: "the saved instruction pointer
+/// points to the INT instruction" when delivery faults).
+pub fn deliver_from(
+    cpu: &mut CpuState,
+    mem: &mut dyn GuestMem,
+    event: Event,
+    insn_rip: u64,
+) -> Result<(), TripleFault> {
     let mut ev = event;
     // Escalation ends after at most three steps (fault, #DF, shutdown); the bound is a guard.
     for _ in 0..8 {
@@ -106,6 +120,12 @@ pub fn deliver(
             "fault {vector} ({error:?}) while delivering vector {}",
             ev.vector
         );
+        if matches!(
+            ev.kind,
+            EventKind::Software | EventKind::SoftwareException | EventKind::PrivilegedSoftware
+        ) {
+            cpu.rip = insn_rip;
+        }
         let first = if ev.kind == EventKind::Exception {
             class(ev.vector)
         } else {
