@@ -14,7 +14,11 @@ use iced_x86::{Instruction, Mnemonic, OpKind};
 const IE: u32 = 1;
 const DE: u32 = 2;
 const ZE: u32 = 4;
+const OE: u32 = 8;
 const UE: u32 = 16;
+const PE: u32 = 32;
+/// MXCSR flush-to-zero.
+const FTZ: u32 = 1 << 15;
 
 /// The checks of every instruction that uses XMM registers or MXCSR: CR0.EM → #UD,
 /// CR4.OSFXSR = 0 → #UD, CR0.TS → #NM.
@@ -175,12 +179,20 @@ impl Ctx<'_> {
     }
 
     /// Applies the MXCSR rules to the flags a host operation raised: masked ones are
-    /// recorded, unmasked ones fault (#XM, or #UD without CR4.OSXMMEXCPT).
+    /// recorded, unmasked ones fault (#XM, or #UD without CR4.OSXMMEXCPT). `inputs` (the
+    /// operation and its operands) lets an unmasked overflow or underflow be looked at lane
+    /// by lane.
+    ///
+    /// The flags a fault sets (SDM Vol. 1 §11.5.3, measured on the host): an unmasked
+    /// pre-computation exception (IE, DE, ZE) in any lane sets the pre-computation flags of
+    /// every lane and nothing else; otherwise every lane's flags are set as when masked,
+    /// except that a lane whose overflow or underflow is unmasked sets OE or UE without PE.
     fn numeric(
         &mut self,
         mut raised: u32,
         result: &[u8; 16],
         lanes: Lanes,
+        inputs: Option<(HostOp, &[u8; 16], &[u8; 16])>,
     ) -> Result<(), Exception> {
         let masks = (self.f.mxcsr >> 7) & 0x3f;
         // With UM = 0 a tiny result is an underflow even when exact; the masked host run
@@ -194,7 +206,15 @@ impl Ctx<'_> {
             return Ok(());
         }
         let pre = raised & (IE | DE | ZE);
-        self.xm_flags = if pre & !masks != 0 { pre } else { raised };
+        self.xm_flags = if pre & !masks != 0 {
+            pre
+        } else if unmasked & (OE | UE) != 0 {
+            inputs
+                .and_then(|(op, a, b)| lanes.fault_flags(op, a, b, self.f.mxcsr))
+                .unwrap_or(raised & !PE)
+        } else {
+            raised
+        };
         Err(fault(if self.cr4 & ctl::CR4_OSXMMEXCPT != 0 {
             XM
         } else {
@@ -204,51 +224,198 @@ impl Ctx<'_> {
 
     /// A two-operand host operation on operand 0 (XMM or MMX) and operand 1.
     fn host2(&mut self, op: HostOp) -> Result<(), Exception> {
-        let mut a = self.src(0)?;
+        let a_in = self.src(0)?;
         let b = self.src(1)?;
+        let mut a = a_in;
         let mut g = 0;
         let raised = host::run(op, &mut a, &b, self.f.mxcsr, &mut g);
-        self.numeric(raised, &a, Lanes::of(self.insn.mnemonic()))?;
+        let lanes = Lanes::of(self.insn.mnemonic());
+        self.numeric(raised, &a, lanes, Some((op, &a_in, &b)))?;
         self.set_dst(a, 16)
     }
 }
 
-/// Which result lanes of an arithmetic instruction are floating-point values (for the
-/// exact-underflow check).
+/// The arithmetic of an instruction that can overflow or underflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// Narrowing conversion (CVTSD2SS, CVTPD2PS): the source operand rounded.
+    Narrow,
+}
+
+/// The floating-point lanes of an arithmetic instruction that can overflow or underflow
+/// (for the exact-underflow check and the per-lane flags of a fault).
 #[derive(Debug, Clone, Copy)]
 enum Lanes {
+    /// None: the instruction cannot overflow or underflow.
     None,
-    F32(usize),
-    F64(usize),
+    /// `n` result lanes, each computed from the source lanes at the same index.
+    Fp {
+        /// What each lane computes.
+        op: Arith,
+        /// Result lanes are f64 (else f32).
+        out64: bool,
+        /// Source lanes are f64 (else f32).
+        in64: bool,
+        /// How many lanes.
+        n: usize,
+    },
+}
+
+/// Lane `k` of `v`, `w` bytes wide, zero-extended.
+fn lane(v: &[u8; 16], w: usize, k: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let (Some(d), Some(s)) = (b.get_mut(..w), v.get(w * k..w * k + w)) {
+        d.copy_from_slice(s);
+    }
+    u64::from_le_bytes(b)
 }
 
 impl Lanes {
     fn of(m: Mnemonic) -> Lanes {
+        use Arith as A;
         use Mnemonic as M;
-        match m {
-            M::Addps | M::Subps | M::Mulps | M::Divps | M::Cvtpd2ps => Lanes::F32(4),
-            M::Addss | M::Subss | M::Mulss | M::Divss | M::Cvtsd2ss => Lanes::F32(1),
-            M::Addpd | M::Subpd | M::Mulpd | M::Divpd => Lanes::F64(2),
-            M::Addsd | M::Subsd | M::Mulsd | M::Divsd => Lanes::F64(1),
-            _ => Lanes::None,
+        let (op, out64, n) = match m {
+            M::Addps => (A::Add, false, 4),
+            M::Subps => (A::Sub, false, 4),
+            M::Mulps => (A::Mul, false, 4),
+            M::Divps => (A::Div, false, 4),
+            M::Addss => (A::Add, false, 1),
+            M::Subss => (A::Sub, false, 1),
+            M::Mulss => (A::Mul, false, 1),
+            M::Divss => (A::Div, false, 1),
+            M::Addpd => (A::Add, true, 2),
+            M::Subpd => (A::Sub, true, 2),
+            M::Mulpd => (A::Mul, true, 2),
+            M::Divpd => (A::Div, true, 2),
+            M::Addsd => (A::Add, true, 1),
+            M::Subsd => (A::Sub, true, 1),
+            M::Mulsd => (A::Mul, true, 1),
+            M::Divsd => (A::Div, true, 1),
+            M::Cvtpd2ps => (A::Narrow, false, 2),
+            M::Cvtsd2ss => (A::Narrow, false, 1),
+            _ => return Lanes::None,
+        };
+        let in64 = out64 || op == A::Narrow;
+        Lanes::Fp { op, out64, in64, n }
+    }
+
+    /// Whether result lane `k` is a denormal.
+    fn denormal(out64: bool, v: &[u8; 16], k: usize) -> bool {
+        if out64 {
+            let x = lane(v, 8, k);
+            x & 0x7ff0_0000_0000_0000 == 0 && x & 0xf_ffff_ffff_ffff != 0
+        } else {
+            let x = lane(v, 4, k);
+            x & 0x7f80_0000 == 0 && x & 0x7f_ffff != 0
         }
     }
 
     fn any_denormal(self, v: &[u8; 16]) -> bool {
         match self {
             Lanes::None => false,
-            Lanes::F32(n) => v.chunks_exact(4).take(n).any(|c| {
-                let x = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                x & 0x7f80_0000 == 0 && x & 0x7f_ffff != 0
-            }),
-            Lanes::F64(n) => v.chunks_exact(8).take(n).any(|c| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(c);
-                let x = u64::from_le_bytes(b);
-                x & 0x7ff0_0000_0000_0000 == 0 && x & 0xf_ffff_ffff_ffff != 0
-            }),
+            Lanes::Fp { out64, n, .. } => (0..n).any(|k| Lanes::denormal(out64, v, k)),
         }
     }
+
+    /// The flags an instruction faulting on an unmasked overflow or underflow sets (measured
+    /// on the host): each lane run alone on the host (the other source lanes 1.0, which raise
+    /// nothing), a tiny exact result counted as an underflow (UM = 0); in a lane whose OE or
+    /// UE is unmasked, PE tells whether the result rounded to the destination's precision
+    /// with an unbounded exponent is inexact (the IEEE 754 trapped result, as for x87's
+    /// unmasked #O/#U), not whether the delivered result was. Flush-to-zero is off for these
+    /// runs: it has no effect with UM = 0 and would hide the tiny result.
+    fn fault_flags(self, host_op: HostOp, a: &[u8; 16], b: &[u8; 16], mxcsr: u32) -> Option<u32> {
+        let Lanes::Fp { op, out64, in64, n } = self else {
+            return None;
+        };
+        let masks = (mxcsr >> 7) & 0x3f;
+        let csr = if masks & UE == 0 { mxcsr & !FTZ } else { mxcsr };
+        let (w, one) = if in64 {
+            (8, 1.0f64.to_bits())
+        } else {
+            (4, u64::from(1.0f32.to_bits()))
+        };
+        let mut flags = 0;
+        for k in 0..n {
+            let (mut a, mut b) = (*a, *b);
+            if n > 1 {
+                for j in (0..n).filter(|&j| j != k) {
+                    a[w * j..w * j + w].copy_from_slice(&one.to_le_bytes()[..w]);
+                    b[w * j..w * j + w].copy_from_slice(&one.to_le_bytes()[..w]);
+                }
+            }
+            let (x, y) = (lane(&a, w, k), lane(&b, w, k));
+            let mut f = host::run(host_op, &mut a, &b, csr, &mut 0);
+            if masks & UE == 0 && f & UE == 0 && Lanes::denormal(out64, &a, k) {
+                f |= UE;
+            }
+            if f & (OE | UE) & !masks != 0 {
+                f &= !PE;
+                if unbounded_inexact(op, in64, out64, x, y, mxcsr)? {
+                    f |= PE;
+                }
+            }
+            flags |= f;
+        }
+        Some(flags)
+    }
+}
+
+/// Whether `x op y` (`y` alone for [`Arith::Narrow`]), f64 or f32 operands per `in64`, rounded
+/// to the precision of the result format (`out64`) with an unbounded exponent under MXCSR's
+/// rounding control, is inexact. Computed on the host x87 unit with the precision control
+/// of the result format: its 15-bit exponent holds every such result, so the one rounding
+/// it makes is to the significand alone. `None` if the host refuses the encoding.
+fn unbounded_inexact(
+    op: Arith,
+    in64: bool,
+    out64: bool,
+    x: u64,
+    y: u64,
+    mxcsr: u32,
+) -> Option<bool> {
+    const DAZ: u32 = 1 << 6;
+    // Denormals-are-zero: a denormal operand is a signed zero.
+    let daz = |v: u64| -> u64 {
+        if mxcsr & DAZ == 0 {
+            return v;
+        }
+        let (exp, sign) = if in64 {
+            (0x7ff0_0000_0000_0000, 1u64 << 63)
+        } else {
+            (0x7f80_0000, 1u64 << 31)
+        };
+        if v & exp == 0 {
+            v & sign
+        } else {
+            v
+        }
+    };
+    let (x, y) = (daz(x), daz(y));
+    let pc: u16 = if out64 { 2 } else { 0 };
+    let rc = ((mxcsr >> 13) & 3) as u16;
+    let mut img = host::FxArea::default();
+    img.0[0..2].copy_from_slice(&(0x3f | (pc << 8) | (rc << 10)).to_le_bytes());
+    let mut buf = [0u8; 16];
+    // FLD m32 (D9 /0) or m64 (DD /0) of the first operand: exact.
+    let (load, arith) = if in64 { (0xdd, 0xdc) } else { (0xd9, 0xd8) };
+    let (first, second, arith, reg) = match op {
+        Arith::Narrow => (y, u64::from(1.0f32.to_bits()), 0xd8, 1),
+        Arith::Add => (x, y, arith, 0),
+        Arith::Mul => (x, y, arith, 1),
+        Arith::Sub => (x, y, arith, 4),
+        Arith::Div => (x, y, arith, 6),
+    };
+    buf[..8].copy_from_slice(&first.to_le_bytes());
+    host::x87(&mut img, &mut buf, load, 0, 0)?;
+    // ST0 = ST0 op m32/m64 (D8 /r, DC /r), rounded once to the precision control.
+    buf[..8].copy_from_slice(&second.to_le_bytes());
+    host::x87(&mut img, &mut buf, arith, reg << 3, 0)?;
+    Some(u16::from_le_bytes([img.0[2], img.0[3]]) & 0x20 != 0)
 }
 
 /// Executes an MMX/SSE/SSE2 instruction (RIP is advanced by the caller).
@@ -299,6 +466,9 @@ pub(super) fn execute(
         return Err(fault(MF));
     }
     if m == M::Emms {
+        // TOP = 0 (the registers keep their physical places) and every tag empty; the rest of
+        // FSW stays (measured on the host).
+        mmx_enter(&mut cpu.fpu);
         cpu.fpu.ftw = 0;
         return Ok(());
     }
@@ -341,7 +511,14 @@ pub(super) fn execute(
     };
     let r = dispatch(&mut ctx, masked_store.is_some());
     if let Err(e) = r {
-        cpu.fpu.mxcsr |= ctx.xm_flags;
+        if ctx.xm_flags != 0 {
+            cpu.fpu.mxcsr |= ctx.xm_flags;
+            // The x87 -> MMX transition precedes the numeric fault (CVT(T)PS2PI, CVT(T)PD2PI,
+            // CVTPI2PS on the host).
+            if has_mm {
+                mmx_enter(&mut cpu.fpu);
+            }
+        }
         return Err(e);
     }
     // Commit: memory first (the only step left that can fault), then registers.
@@ -602,7 +779,7 @@ fn dispatch(c: &mut Ctx<'_>, masked_store: bool) -> Result<(), Exception> {
             let mut a = c.src(0)?;
             let mut g = lo64(&c.src(1)?);
             let raised = host::run(op, &mut a, &[0; 16], c.f.mxcsr, &mut g);
-            c.numeric(raised, &a, Lanes::None)?;
+            c.numeric(raised, &a, Lanes::None, None)?;
             c.set_dst(a, 16)
         }
         M::Cvtss2si | M::Cvttss2si | M::Cvtsd2si | M::Cvttsd2si => {
@@ -611,7 +788,7 @@ fn dispatch(c: &mut Ctx<'_>, masked_store: bool) -> Result<(), Exception> {
             let b = c.src(1)?;
             let mut g = 0;
             let raised = host::run(op, &mut [0; 16], &b, c.f.mxcsr, &mut g);
-            c.numeric(raised, &[0; 16], Lanes::None)?;
+            c.numeric(raised, &[0; 16], Lanes::None, None)?;
             c.set_dst(from64(g), 8)
         }
         M::Comiss | M::Ucomiss | M::Comisd | M::Ucomisd => {
@@ -620,7 +797,7 @@ fn dispatch(c: &mut Ctx<'_>, masked_store: bool) -> Result<(), Exception> {
             let b = c.src(1)?;
             let mut g = 0;
             let raised = host::run(op, &mut a, &b, c.f.mxcsr, &mut g);
-            c.numeric(raised, &[0; 16], Lanes::None)?;
+            c.numeric(raised, &[0; 16], Lanes::None, None)?;
             let zpc = rflags::ZF | rflags::PF | rflags::CF;
             let clear = zpc | rflags::OF | rflags::SF | rflags::AF;
             c.rflags = Some((c.rflags_in & !clear) | (g & zpc));
@@ -632,7 +809,7 @@ fn dispatch(c: &mut Ctx<'_>, masked_store: bool) -> Result<(), Exception> {
             let b = c.src(1)?;
             let mut g = 0;
             let raised = host::run(op, &mut a, &b, c.f.mxcsr, &mut g);
-            c.numeric(raised, &a, Lanes::None)?;
+            c.numeric(raised, &a, Lanes::None, None)?;
             c.set_dst(a, 16)
         }
         _ => {

@@ -395,7 +395,10 @@ fn compute(
         f.fdp = ea;
     }
     cpu.fpu = f;
-    if matches!(m, M::Fcomi | M::Fcomip | M::Fucomi | M::Fucomip) && unmasked & 1 == 0 {
+    // The host's own flags, also with an unmasked #IA: AMD CPUs write the unordered result
+    // (ZF = PF = CF = 1) then, where the SDM says the flags are left alone; the BT models the
+    // CPU it runs on.
+    if matches!(m, M::Fcomi | M::Fcomip | M::Fucomi | M::Fucomip) {
         let zpc = rflags::ZF | rflags::PF | rflags::CF;
         cpu.rflags =
             (cpu.rflags & !(zpc | rflags::OF | rflags::SF | rflags::AF)) | (flags_out & zpc);
