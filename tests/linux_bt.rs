@@ -112,7 +112,7 @@ fn linux_under_bt_interactive_shell_reads_the_terminal() {
         }
     });
     let mut seen = Vec::new();
-    let mut wait_for = |needle: &str, seen: &mut Vec<String>| {
+    let wait_for = |needle: &str, seen: &mut Vec<String>| {
         let deadline = std::time::Instant::now() + Duration::from_secs(600);
         while std::time::Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_secs(5)) {

@@ -191,6 +191,13 @@ impl Emitter for Interp<'_> {
         Ok(u64::from_le_bytes(buf))
     }
 
+    fn load_rmw(&mut self, addr: u64, size: u8) -> Result<u64, Exception> {
+        let mut buf = [0u8; 8];
+        let n = usize::from(size).min(8);
+        self.mem.read_for_write(addr, &mut buf[..n])?;
+        Ok(u64::from_le_bytes(buf))
+    }
+
     fn store(&mut self, addr: u64, v: u64, size: u8) -> Result<(), Exception> {
         let n = usize::from(size).min(8);
         self.mem.write(addr, &v.to_le_bytes()[..n])?;

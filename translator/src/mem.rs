@@ -27,6 +27,12 @@ pub trait GuestMem {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception>;
     /// Writes `data` at linear address `addr` (a data write at the current privilege level).
     fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Exception>;
+    /// Reads the destination of a read-modify-write instruction (ADD/INC/SHL/XCHG/... to
+    /// memory): the CPU translates it for writing, so a not-present or read-only page faults
+    /// with the W/R bit of the #PF error code set, before anything is written.
+    fn read_for_write(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception> {
+        self.read(addr, buf)
+    }
     /// Fetches instruction bytes at linear address `addr` (execute permission).
     fn fetch(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception> {
         self.read(addr, buf)

@@ -556,3 +556,58 @@ fn ram_of_len(mem: &mut SystemMem, len: usize) -> Vec<u8> {
     mem.phys_mut().read_phys(0, &mut v);
     v
 }
+
+/// A read-modify-write destination is translated for writing (found by the ring-3 fuzz
+/// comparison with the CPU): a not-present page faults with W/R = 1, a read-only one at the
+/// read, before anything is written — identically in both tiers.
+#[test]
+fn read_modify_write_destinations_fault_as_writes() {
+    for warm in [false, true] {
+        for (what, build) in [
+            (
+                "add [not present], rax",
+                (|a: &mut CodeAssembler| {
+                    a.add(qword_ptr(rdi + 0x10), rax)?;
+                    a.jmp(CODE)
+                }) as fn(&mut CodeAssembler) -> Result<(), IcedError>,
+            ),
+            ("inc [not present]", |a| {
+                a.inc(dword_ptr(rdi + 0x10))?;
+                a.jmp(CODE)
+            }),
+            ("shl [not present], cl", |a| {
+                a.shl(word_ptr(rdi + 0x10), cl)?;
+                a.jmp(CODE)
+            }),
+            ("xchg [not present], rbx", |a| {
+                a.xchg(qword_ptr(rdi + 0x10), rbx)?;
+                a.jmp(CODE)
+            }),
+            ("bts [not present], 3", |a| {
+                a.bts(qword_ptr(rdi + 0x10), 3)?;
+                a.jmp(CODE)
+            }),
+        ] {
+            let r = both(what, 3, warm, 2, build);
+            for (_, oj) in &r {
+                assert_eq!(pf(oj), (NOT_PRESENT + 0x10, 0b110), "{what}");
+            }
+        }
+        // CMP and BT only read: a read fault.
+        let r = both("cmp [not present], rax", 3, warm, 2, |a| {
+            a.cmp(qword_ptr(rdi + 0x10), rax)?;
+            a.jmp(CODE)
+        });
+        for (_, oj) in &r {
+            assert_eq!(pf(oj), (NOT_PRESENT + 0x10, 0b100));
+        }
+        // A read-only page faults at the RMW read (P | W | U), memory unchanged.
+        let r = both("add [read-only], rax", 3, warm, 2, |a| {
+            a.add(qword_ptr(rsi + 0x3008), rax)?;
+            a.jmp(CODE)
+        });
+        for (_, oj) in &r {
+            assert_eq!(pf(oj), (READ_ONLY + 8, 0b111));
+        }
+    }
+}

@@ -13,7 +13,7 @@
 //! first architectural write, so the register Variables at a raise point still hold the values
 //! from the start of the instruction (exactly what the interpreter tier leaves behind).
 
-use super::runtime::{jit_div_wide, jit_load, jit_store, RunCtx};
+use super::runtime::{jit_div_wide, jit_load, jit_load_rmw, jit_store, RunCtx};
 use crate::mmu::tlb::TLB_ENTRIES;
 use crate::mmu::TlbEntry;
 use crate::sem::{flags, BinOp, Emitter, Exception, FlagState, Seg, UnOp};
@@ -407,10 +407,45 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
         (self.b.ins().iadd(host, in_page), miss)
     }
 
-    /// The helper call of a load (the miss path, or the only path for odd sizes).
-    fn load_helper(&mut self, addr: Value, size: u8) -> Value {
+    /// A load through the inline TLB (the write TLB for a read-modify-write destination), the
+    /// helper on a miss.
+    fn load_via(&mut self, addr: Value, size: u8, rmw: bool) -> Result<Value, Exception> {
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return Ok(self.load_helper_via(addr, size, rmw));
+        }
+        let table = if rmw {
+            offset_of!(RunCtx<'_>, tlb_write)
+        } else {
+            offset_of!(RunCtx<'_>, tlb_read)
+        };
+        let (p, miss) = self.tlb_hit(table, addr, size);
+        let ins = self.b.ins();
+        let fast = match size {
+            1 => ins.uload8(types::I64, guest_ram(), p, 0),
+            2 => ins.uload16(types::I64, guest_ram(), p, 0),
+            4 => ins.uload32(guest_ram(), p, 0),
+            _ => ins.load(types::I64, guest_ram(), p, 0),
+        };
+        let merge = self.b.create_block();
+        let v = self.b.append_block_param(merge, types::I64);
+        self.b.ins().jump(merge, &[BlockArg::Value(fast)]);
+        self.b.switch_to_block(miss);
+        let slow = self.load_helper_via(addr, size, rmw);
+        self.mark_cold();
+        self.b.ins().jump(merge, &[BlockArg::Value(slow)]);
+        self.b.switch_to_block(merge);
+        Ok(v)
+    }
+
+    /// The helper call of a load (the miss path, or the only path for odd sizes), translated
+    /// for writing when `rmw` (a read-modify-write destination).
+    fn load_helper_via(&mut self, addr: Value, size: u8, rmw: bool) -> Value {
         let sz = self.imm(u64::from(size));
-        let f = jit_load as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64) -> u64;
+        let f = if rmw {
+            jit_load_rmw as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64) -> u64
+        } else {
+            jit_load as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64) -> u64
+        };
         let v = self.helper(self.helpers.load, f as usize, &[self.ctx, addr, sz]);
         let status = self.b.ins().load(
             types::I64,
@@ -602,26 +637,11 @@ impl Emitter for JitEmitter<'_, '_> {
     }
 
     fn load(&mut self, addr: Value, size: u8) -> Result<Value, Exception> {
-        if !matches!(size, 1 | 2 | 4 | 8) {
-            return Ok(self.load_helper(addr, size));
-        }
-        let (p, miss) = self.tlb_hit(offset_of!(RunCtx<'_>, tlb_read), addr, size);
-        let ins = self.b.ins();
-        let fast = match size {
-            1 => ins.uload8(types::I64, guest_ram(), p, 0),
-            2 => ins.uload16(types::I64, guest_ram(), p, 0),
-            4 => ins.uload32(guest_ram(), p, 0),
-            _ => ins.load(types::I64, guest_ram(), p, 0),
-        };
-        let merge = self.b.create_block();
-        let v = self.b.append_block_param(merge, types::I64);
-        self.b.ins().jump(merge, &[BlockArg::Value(fast)]);
-        self.b.switch_to_block(miss);
-        let slow = self.load_helper(addr, size);
-        self.mark_cold();
-        self.b.ins().jump(merge, &[BlockArg::Value(slow)]);
-        self.b.switch_to_block(merge);
-        Ok(v)
+        self.load_via(addr, size, false)
+    }
+
+    fn load_rmw(&mut self, addr: Value, size: u8) -> Result<Value, Exception> {
+        self.load_via(addr, size, true)
     }
 
     fn store(&mut self, addr: Value, v: Value, size: u8) -> Result<(), Exception> {

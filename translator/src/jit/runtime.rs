@@ -94,6 +94,26 @@ pub unsafe extern "C" fn jit_load(ctx: *mut RunCtx<'_>, addr: u64, size: u64) ->
     }
 }
 
+/// [`jit_load`] for the destination of a read-modify-write instruction (translated for
+/// writing: [`GuestMem::read_for_write`]).
+///
+/// # Safety
+/// As for [`jit_load`].
+pub unsafe extern "C" fn jit_load_rmw(ctx: *mut RunCtx<'_>, addr: u64, size: u64) -> u64 {
+    // SAFETY: as in jit_load.
+    let ctx = unsafe { &mut *ctx };
+    let n = usize::try_from(size).unwrap_or(8).min(8);
+    let mut buf = [0u8; 8];
+    match ctx.mem.read_for_write(addr, &mut buf[..n]) {
+        Ok(()) => u64::from_le_bytes(buf),
+        Err(f) => {
+            ctx.fault = Some(f);
+            ctx.status = 1;
+            0
+        }
+    }
+}
+
 /// Stores the low `size` bytes of `value` at `addr`; returns 1 on a fault (recorded), else 0.
 ///
 /// # Safety

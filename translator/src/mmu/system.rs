@@ -442,6 +442,17 @@ impl GuestMem for SystemMem {
     }
 
     #[inline]
+    fn read_for_write(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception> {
+        // Translated as a write: the write TLB serves it (its entries exist only for dirty,
+        // unwatched pages); a miss walks for writing (sets A and D, as the store will).
+        let linear = addr & self.linear_mask;
+        let half = self.half;
+        if self.read_fast(linear, buf, Access::Write, half) {
+            return Ok(());
+        }
+        self.read_slow(linear, buf, Access::Write, half, false)
+    }
+
     fn fetch(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception> {
         let linear = addr & self.linear_mask;
         let half = self.half;

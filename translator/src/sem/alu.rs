@@ -11,9 +11,13 @@ pub fn binary<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception
     let dst = loc(e, insn, 0)?;
     let src = loc(e, insn, 1)?;
     let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
-    let b = src.read(e, w)?;
     let m = insn.mnemonic();
+    let a = if matches!(m, Mnemonic::Cmp | Mnemonic::Test) {
+        dst.read(e, w)?
+    } else {
+        dst.read_rmw(e, w)?
+    };
+    let b = src.read(e, w)?;
     let (op, raw, aux) = match m {
         Mnemonic::Add => (CcOp::Add, e.add(a, b), None),
         Mnemonic::Sub | Mnemonic::Cmp => (CcOp::Sub, e.sub(a, b), None),
@@ -52,7 +56,7 @@ pub fn binary<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception
 pub fn inc_dec<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     let dst = loc(e, insn, 0)?;
     let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
+    let a = dst.read_rmw(e, w)?;
     let one = e.imm(1);
     let (op, raw) = if insn.mnemonic() == Mnemonic::Inc {
         (CcOp::Inc, e.add(a, one))
@@ -70,7 +74,7 @@ pub fn inc_dec<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exceptio
 pub fn neg<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     let dst = loc(e, insn, 0)?;
     let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
+    let a = dst.read_rmw(e, w)?;
     let n = e.un(UnOp::Neg, a);
     let r = e.zext(n, w);
     dst.write(e, r)?;
@@ -83,7 +87,7 @@ pub fn neg<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
 pub fn not<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
     let dst = loc(e, insn, 0)?;
     let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
+    let a = dst.read_rmw(e, w)?;
     let n = e.un(UnOp::Not, a);
     dst.write(e, n)
 }

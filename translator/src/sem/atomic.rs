@@ -10,7 +10,7 @@
 
 use super::emit::{BinOp, Emitter};
 use super::flags::{self, CcOp, Flag};
-use super::operand::{load, loc, mem_linear, read_reg_bits, store, write_gpr, Gpr, Loc};
+use super::operand::{load_rmw, loc, mem_linear, read_reg_bits, store, write_gpr, Gpr, Loc};
 use super::{width0, Exception, GP};
 use crate::state::reg::{RAX, RBX, RCX, RDX};
 use iced_x86::{Instruction, Mnemonic, OpKind};
@@ -21,7 +21,7 @@ pub fn xadd<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
     let dst = loc(e, insn, 0)?;
     let src = loc(e, insn, 1)?;
     let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
+    let a = dst.read_rmw(e, w)?;
     let b = src.read(e, w)?;
     let sum = e.add(a, b);
     let r = e.zext(sum, w);
@@ -65,7 +65,7 @@ pub fn cmpxchg<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exceptio
     let dst = loc(e, insn, 0)?;
     let src = loc(e, insn, 1)?;
     let w = width0::<E>(insn, &dst)?;
-    let old = dst.read(e, w)?;
+    let old = dst.read_rmw(e, w)?;
     let new = src.read(e, w)?;
     let acc = read_reg_bits(e, RAX, w);
     let eq = e.bin(BinOp::Eq, acc, old);
@@ -108,11 +108,11 @@ pub fn cmpxchg_wide<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exc
         )?;
         // Both halves are read before either is written: same 16-byte line, same page.
         let hi_addr = e.add_i(addr, 8);
-        let lo = load(e, addr, 8)?;
-        let hi = load(e, hi_addr, 8)?;
+        let lo = load_rmw(e, addr, 8)?;
+        let hi = load_rmw(e, hi_addr, 8)?;
         (lo, hi)
     } else {
-        let q = load(e, addr, 8)?;
+        let q = load_rmw(e, addr, 8)?;
         let lo = e.zext(q, 32);
         let hi = e.shr_i(q, 32);
         (lo, hi)

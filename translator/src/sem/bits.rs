@@ -40,7 +40,11 @@ pub fn bt<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
         let bit = e.and_i(off, u64::from(w - 1));
         (dst, w, bit)
     };
-    let v = dst.read(e, w)?;
+    let v = if m == Mnemonic::Bt {
+        dst.read(e, w)?
+    } else {
+        dst.read_rmw(e, w)?
+    };
     let shifted = e.bin(BinOp::Shr, v, bit);
     let cf = e.and_i(shifted, 1);
     if m != Mnemonic::Bt {

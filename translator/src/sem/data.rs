@@ -45,8 +45,9 @@ pub fn xchg<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
     let a = loc(e, insn, 0)?;
     let b = loc(e, insn, 1)?;
     let w = width0::<E>(insn, &a)?;
-    let va = a.read(e, w)?;
-    let vb = b.read(e, w)?;
+    // XCHG with memory is a locked read-modify-write of the memory operand.
+    let va = a.read_rmw(e, w)?;
+    let vb = b.read_rmw(e, w)?;
     if matches!(b, Loc::Mem { .. }) {
         b.write(e, va)?;
         a.write(e, vb)

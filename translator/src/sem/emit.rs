@@ -139,6 +139,9 @@ pub trait Emitter {
 
     /// Loads `size` (1, 2, 4 or 8) bytes little-endian from linear address `addr`, zero-extended.
     fn load(&mut self, addr: Self::V, size: u8) -> Result<Self::V, Exception>;
+    /// Loads the destination of a read-modify-write instruction: like [`Emitter::load`], but
+    /// translated for writing ([`crate::mem::GuestMem::read_for_write`]).
+    fn load_rmw(&mut self, addr: Self::V, size: u8) -> Result<Self::V, Exception>;
     /// Stores the low `size` bytes of `v` at linear address `addr`.
     fn store(&mut self, addr: Self::V, v: Self::V, size: u8) -> Result<(), Exception>;
     /// Raises `exc` when `cond` != 0; the instruction has made no architectural change yet.

@@ -143,6 +143,15 @@ impl<V: Copy> Loc<V> {
         }
     }
 
+    /// Reads a read-modify-write destination: a memory operand is translated for writing
+    /// ([`load_rmw`]); anything else reads as [`Loc::read`].
+    pub fn read_rmw<E: Emitter<V = V>>(&self, e: &mut E, bits: u32) -> Result<V, Exception> {
+        match *self {
+            Loc::Mem { addr, bits: b } => load_rmw(e, addr, (b / 8) as u8),
+            _ => self.read(e, bits),
+        }
+    }
+
     /// Reads the operand zero-extended from its width (immediates masked to `bits`).
     pub fn read<E: Emitter<V = V>>(&self, e: &mut E, bits: u32) -> Result<V, Exception> {
         match *self {
@@ -320,6 +329,13 @@ pub fn check_alignment<E: Emitter>(e: &mut E, addr: E::V, size: u8) -> Result<()
 pub fn load<E: Emitter>(e: &mut E, addr: E::V, size: u8) -> Result<E::V, Exception> {
     check_alignment(e, addr, size)?;
     e.load(addr, size)
+}
+
+/// Loads the `size`-byte destination of a read-modify-write instruction at linear `addr`
+/// (alignment-checked, translated for writing: a fault has W/R = 1 in its #PF error code).
+pub fn load_rmw<E: Emitter>(e: &mut E, addr: E::V, size: u8) -> Result<E::V, Exception> {
+    check_alignment(e, addr, size)?;
+    e.load_rmw(addr, size)
 }
 
 /// Stores the low `size` bytes of `v` at linear `addr` (alignment-checked).

@@ -84,7 +84,7 @@ fn prologue<E: Emitter>(
 ) -> Result<Option<Operands<E::V>>, Exception> {
     let dst = loc(e, insn, 0)?;
     let w = width0::<E>(insn, &dst)?;
-    let a = dst.read(e, w)?;
+    let a = dst.read_rmw(e, w)?;
     let (n, constant) = count(e, insn, count_at, w)?;
     if constant == Some(0) {
         count_zero(e, &dst, a)?;
