@@ -1051,7 +1051,7 @@ fn unmasked_post_computation_exceptions_set_the_flags_the_host_sets() {
     const CVTSD2SS: u8 = 4;
     let tiny_inexact = 0x0080_0001; // times 0.5
     let inexact = 0x3f80_0001; // times itself
-    // (instruction, MXCSR, destination, source, flags the fault sets)
+    /// Instruction, MXCSR, destination, source, the flags the fault sets.
     type Case = (u8, u32, [u32; 4], [u32; 4], u32);
     let cases: &[Case] = &[
         // UM = 0: UE alone (2^-126 * (1 + 2^-23) * 0.5 is exact with an unbounded exponent).

@@ -15,7 +15,8 @@
 //!   exactly what FXSAVE stores and KVM reports. The abridged tag word `ftw` is in physical
 //!   order (bit r = physical register Rr valid). MMi is physical register Ri; an MMX
 //!   instruction sets TOP = 0 (rotating the array so that `st[i]` = Ri = MMi) and all tags
-//!   valid, and its writes set bits 64-79 to all ones.
+//!   valid, and its writes set bits 64-79 to all ones. EMMS sets TOP = 0 the same way and
+//!   empties every tag.
 //! - FCS and FDS are not modelled (deprecated on current CPUs, stored as zero): `fip` and
 //!   `fdp` hold the instruction and operand offsets; 32-bit images keep bits 32-47 of those
 //!   fields as the selector slots so foreign images round-trip.
@@ -28,9 +29,14 @@
 //!   modelled) the exception stays pending and the instruction runs, as if IGNNE# were
 //!   asserted.
 //! - SSE numeric exceptions unmasked in MXCSR: #XM if CR4.OSXMMEXCPT, else #UD. As on the
-//!   CPU, the MXCSR flags of the fault are set before it is delivered (the only state an
+//!   CPU, the MXCSR flags of the fault are set before it is delivered, and an instruction
+//!   with an MMX register operand has made the x87 -> MMX transition (the only state an
 //!   `Err` changes; the destination is untouched). Pre-computation exceptions (IE, DE, ZE)
-//!   take precedence over post-computation ones; an exact tiny result with UM = 0 raises UE.
+//!   take precedence over post-computation ones; an exact tiny result with UM = 0 raises UE;
+//!   a lane whose OE or UE is unmasked sets PE only if its result rounded with an unbounded
+//!   exponent is inexact (measured on AMD; see `sse`).
+//! - Where the manuals and the CPU differ, the host CPU wins: FCOMI* write RFLAGS from the
+//!   host instruction even with an unmasked #IA (AMD sets ZF = PF = CF = 1 there).
 //! - #GP(0): misaligned 16-byte operands of the aligned forms, FXSAVE/FXRSTOR areas,
 //!   reserved MXCSR bits (LDMXCSR, FXRSTOR).
 //! - Faults from guest memory propagate unchanged; every read precedes every write and the
@@ -69,7 +75,8 @@ const FSW_B: u16 = 0x8000;
 /// Executes one x87/MMX/SSE/SSE2 instruction at `cpu.rip`; on success RIP is past it.
 ///
 /// On `Err` the state is as before the instruction, except that an unmasked SIMD exception
-/// sets its MXCSR flags (as the CPU does before delivering #XM).
+/// sets its MXCSR flags and makes the x87 -> MMX transition of an instruction with an MMX
+/// register (as the CPU does before delivering #XM).
 pub fn execute(
     cpu: &mut CpuState,
     mem: &mut dyn GuestMem,
