@@ -324,6 +324,11 @@ impl Engine {
         // (segment loads, CR writes, delivery), never inside the tiers: compute them once.
         let mut block = BlockKey::of(cpu);
         let cs_base = cpu.cs.base;
+        // Stores into code made outside the tiers (the monitor's system instructions,
+        // delivery frames) since the last run.
+        if mem.take_code_writes(&mut self.written_pages) {
+            self.invalidate_written_pages();
+        }
         loop {
             let remaining = budget.saturating_sub(executed);
             if remaining == 0 {
@@ -389,7 +394,8 @@ impl Engine {
                     reason: StopReason::Exception(Exception::Internal("a block executed nothing")),
                 };
             }
-            if mem.take_code_writes(&mut self.written_pages) {
+            // Only a block that reported a store into code pays for asking the memory.
+            if exit.code_written && mem.take_code_writes(&mut self.written_pages) {
                 self.invalidate_written_pages();
                 // The block that just ran may be gone; its slot must not be linked from.
                 prev = None;
@@ -497,6 +503,7 @@ impl Engine {
             return BlockExit {
                 executed: 0,
                 exception: Some(Exception::Internal("dispatch to a free cache slot")),
+                code_written: false,
             };
         };
         self.stats.dispatches += 1;

@@ -315,6 +315,9 @@ pub struct BlockExit {
     pub executed: usize,
     /// The exception that stopped the block, if any (state is at the faulting instruction).
     pub exception: Option<Exception>,
+    /// A store hit a page holding translations ([`GuestMem::code_write_pending`]): the engine
+    /// collects the written pages before the next dispatch.
+    pub code_written: bool,
 }
 
 /// Runs pre-decoded instructions in order while RIP follows them, so cold code is decoded once.
@@ -328,6 +331,7 @@ pub fn run_block(cpu: &mut CpuState, mem: &mut dyn GuestMem, insns: &[Instructio
     let mut exit = BlockExit {
         executed: 0,
         exception: None,
+        code_written: false,
     };
     for insn in insns {
         if insn.ip() != it.cpu.rip {
@@ -347,5 +351,6 @@ pub fn run_block(cpu: &mut CpuState, mem: &mut dyn GuestMem, insns: &[Instructio
         }
     }
     it.sync_flags();
+    exit.code_written = it.code_written;
     exit
 }

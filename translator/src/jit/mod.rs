@@ -366,6 +366,7 @@ pub fn run_compiled(
         return BlockExit {
             executed: 0,
             exception: None,
+            code_written: false,
         };
     }
     if BlockKey::of(cpu) != block.key {
@@ -374,6 +375,7 @@ pub fn run_compiled(
             exception: Some(Exception::Internal(
                 "compiled block run in another CPU mode",
             )),
+            code_written: false,
         };
     }
     let mut ctx = RunCtx::new(mem);
@@ -403,6 +405,7 @@ pub fn run_compiled(
     BlockExit {
         executed,
         exception,
+        code_written: ctx.code_written != 0,
     }
 }
 
