@@ -4,25 +4,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
-
-fn yardstick() -> (String, String) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/test-images/linux/build.sh");
-    let o = Command::new(script)
-        .arg("--print-paths")
-        .output()
-        .expect("run test-images/linux/build.sh");
-    assert!(
-        o.status.success(),
-        "build.sh failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let mut lines = out.lines().rev();
-    let initrd = lines.next().expect("initramfs path").to_string();
-    let kernel = lines.next().expect("vmlinuz path").to_string();
-    (kernel, initrd)
-}
 
 #[test]
 #[ignore = "slow on software KVM (PVM); run with --ignored on a host with VT-x/AMD-V"]

@@ -21,20 +21,7 @@ const QUICK: &[(&str, u64)] = &[
 
 /// The yardstick's vmlinuz, initramfs and the host copy of rzbench (beside them in the cache).
 fn yardstick() -> (String, String, PathBuf) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/test-images/linux/build.sh");
-    let o = Command::new(script)
-        .arg("--print-paths")
-        .output()
-        .expect("run test-images/linux/build.sh");
-    assert!(
-        o.status.success(),
-        "build.sh failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let mut lines = out.lines().rev();
-    let initrd = lines.next().expect("initramfs path").to_string();
-    let kernel = lines.next().expect("vmlinuz path").to_string();
+    let (kernel, initrd) = common::yardstick();
     let rzbench = PathBuf::from(&kernel).with_file_name("rzbench");
     assert!(rzbench.is_file(), "no {}", rzbench.display());
     (kernel, initrd, rzbench)

@@ -105,3 +105,23 @@ pub fn synthetic_bzimage() -> Vec<u8> {
     put(&mut img, 0x260, 4, 0x40_0000); // init_size
     img
 }
+
+/// The Linux yardstick's (vmlinuz, initramfs) paths, built into the cache on first use by
+/// `test-images/linux/build.sh` (Debian packages; see docs/linux-yardstick.md).
+pub fn yardstick() -> (String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/test-images/linux/build.sh");
+    let o = Command::new(script)
+        .arg("--print-paths")
+        .output()
+        .expect("run test-images/linux/build.sh");
+    assert!(
+        o.status.success(),
+        "build.sh failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut lines = out.lines().rev();
+    let initrd = lines.next().expect("initramfs path").to_string();
+    let kernel = lines.next().expect("vmlinuz path").to_string();
+    (kernel, initrd)
+}
