@@ -93,9 +93,7 @@ impl PhysMem for MachinePhys {
         if self.ram.write(addr, data).is_ok() {
             return;
         }
-        if data.len() > 1
-            && (self.ram.is_ram(addr, 1)
-                || self.ram.is_ram(addr.wrapping_add(data.len() as u64 - 1), 1))
+        if data.len() > 1 && (self.ram.is_ram(addr, 1) || self.ram.is_ram(addr_end(addr, data), 1))
         {
             for (i, b) in data.iter().enumerate() {
                 self.write_phys(addr.wrapping_add(i as u64), std::slice::from_ref(b));
@@ -117,6 +115,7 @@ impl PhysMem for MachinePhys {
     }
 }
 
+/// The address of the last byte of an access of `buf.len()` bytes at `addr`.
 fn addr_end(addr: u64, buf: &[u8]) -> u64 {
     addr.wrapping_add(buf.len().saturating_sub(1) as u64)
 }
