@@ -201,6 +201,9 @@ pub struct RunArgs {
     /// Print exits by reason and wall time when the guest stops (to stderr).
     #[arg(long)]
     pub stats: bool,
+    /// Write the same statistics as one JSON object to PATH (docs/stats.md).
+    #[arg(long, value_name = "PATH")]
+    pub stats_json: Option<PathBuf>,
     /// Trace execution: `insn` records every executed instruction (BT backend; see
     /// docs/trace.md).
     #[arg(long, value_enum, value_name = "WHAT")]

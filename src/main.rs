@@ -123,6 +123,10 @@ fn run(args: RunArgs) -> Result<u8> {
     if args.stats {
         eprint!("{}", report.stats.report(report.backend, report.wall));
     }
+    if let Some(path) = &args.stats_json {
+        std::fs::write(path, report.stats.to_json(report.backend, report.wall))
+            .with_context(|| format!("cannot write --stats-json {}", path.display()))?;
+    }
     match report.outcome {
         RunOutcome::TripleFault => eprintln!("ringzero: the guest triple-faulted (CPU shutdown)"),
         RunOutcome::Timeout => eprintln!("ringzero: timeout: the guest was stopped"),

@@ -133,6 +133,38 @@ impl ExitStats {
             .filter(|&(_, n)| n > 0)
     }
 
+    /// The same data as [`ExitStats::report`] as one JSON object (schema in docs/stats.md):
+    /// `backend`, `wall_time_s`, `exits` (total), `exit_counts` and `trap_counts` by kind (every
+    /// kind, zeros included, so both backends have the same keys), `counters`.
+    pub fn to_json(&self, backend: &str, wall: Duration) -> String {
+        let mut s = format!(
+            "{{\"backend\":\"{}\",\"wall_time_s\":{:.6},\"exits\":{},\"exit_counts\":{{",
+            backend.escape_default(),
+            wall.as_secs_f64(),
+            self.total()
+        );
+        let exits: Vec<String> = ExitKind::ALL
+            .iter()
+            .map(|k| format!("\"{}\":{}", k.name(), self.count(*k)))
+            .collect();
+        s.push_str(&exits.join(","));
+        s.push_str("},\"trap_counts\":{");
+        let traps: Vec<String> = TrapKind::ALL
+            .iter()
+            .map(|k| format!("\"{}\":{}", k.name(), self.trap_count(*k)))
+            .collect();
+        s.push_str(&traps.join(","));
+        s.push_str("},\"counters\":{");
+        let counters: Vec<String> = self
+            .counters
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        s.push_str(&counters.join(","));
+        s.push_str("}}\n");
+        s
+    }
+
     /// A human-readable table of the counts and the wall time.
     pub fn report(&self, backend: &str, wall: Duration) -> String {
         let mut s = format!(
@@ -229,6 +261,31 @@ mod tests {
         assert!(r.contains("wall_time=1.500s exits=3"), "{r}");
         assert!(r.contains("port_io_out"));
         assert!(!r.contains("mmio_read"));
+    }
+
+    #[test]
+    fn json_has_every_kind_of_both_vocabularies() {
+        let mut s = ExitStats::default();
+        s.record(ExitKind::Halt);
+        s.record_trap(TrapKind::Cpuid);
+        s.set_counter("instructions", 42);
+        let j = s.to_json("bt", Duration::from_millis(250));
+        assert!(
+            j.starts_with("{\"backend\":\"bt\",\"wall_time_s\":0.250000,\"exits\":1,"),
+            "{j}"
+        );
+        for k in ExitKind::ALL {
+            assert!(j.contains(&format!("\"{}\":", k.name())), "{k}: {j}");
+        }
+        for k in TrapKind::ALL {
+            assert!(
+                j.contains(&format!("\"{}\":", k.name())),
+                "{}: {j}",
+                k.name()
+            );
+        }
+        assert!(j.contains("\"halt\":1") && j.contains("\"cpuid\":1"), "{j}");
+        assert!(j.ends_with("\"counters\":{\"instructions\":42}}\n"), "{j}");
     }
 
     #[test]

@@ -214,3 +214,8 @@ fn random_bytes_never_crash_the_host() {
         assert!(!err.contains("panicked"), "case {case}: {err}");
     }
 }
+
+#[test]
+fn stats_json_uses_one_vocabulary() {
+    guests::stats_json_uses_one_vocabulary("bt");
+}

@@ -90,3 +90,10 @@ fn demo_guest_is_the_default_on_auto() {
         .unwrap_or(0);
     assert!(outs >= images::DEMO_EXPECTED_OUTPUT.len() as u64, "{err}");
 }
+
+#[test]
+fn stats_json_uses_one_vocabulary() {
+    if kvm_or_skip("stats_json_uses_one_vocabulary") {
+        guests::stats_json_uses_one_vocabulary("kvm");
+    }
+}

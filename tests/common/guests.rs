@@ -181,3 +181,42 @@ pub fn demo_guest_prints_expected_lines_and_exits_with_its_status(accel: &str) {
         stderr(&o)
     );
 }
+
+/// Scenario: `--stats-json` writes one JSON object with the same keys on every backend.
+pub fn stats_json_uses_one_vocabulary(accel: &str) {
+    let d = tempdir();
+    let json = d.path().join("stats.json");
+    let o = ringzero(&[
+        "run",
+        "--accel",
+        accel,
+        "--serial",
+        "none",
+        "--stats-json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(status(&o), images::DEMO_EXIT_STATUS, "{}", stderr(&o));
+    let text = std::fs::read_to_string(&json).expect("stats json");
+    assert!(
+        text.starts_with(&format!("{{\"backend\":\"{accel}\",\"wall_time_s\":")),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "one object: {text}");
+    for key in [
+        "\"exit_counts\":{",
+        "\"port_io_out\":",
+        "\"trap_counts\":{",
+        "\"port_io\":",
+        "\"counters\":{",
+    ] {
+        assert!(text.contains(key), "{key}: {text}");
+    }
+    // The demo prints its lines through the UART: at least one port write per character.
+    let outs: u64 = text
+        .split("\"port_io_out\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(outs >= images::DEMO_EXPECTED_OUTPUT.len() as u64, "{text}");
+}
