@@ -92,6 +92,11 @@ fn help_documents_every_run_flag() {
         "--serial",
         "--timeout",
         "--stats",
+        "--stats-json",
+        "--trace",
+        "--trace-format",
+        "--trace-file",
+        "--syntax",
         "Exit status",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}: {out}");
