@@ -55,6 +55,49 @@ pub enum Command {
     /// divergence of the architectural state.
     #[command(after_help = LOCKSTEP_AFTER_HELP)]
     Lockstep(LockstepArgs),
+    /// Run the same guest workloads under each backend (bt, kvm) and print one comparison
+    /// table: times, ratios, exits/traps and translation counters (docs/compare.md).
+    #[command(after_help = COMPARE_AFTER_HELP)]
+    Compare(CompareArgs),
+}
+
+const COMPARE_AFTER_HELP: &str = "\
+Boots the Linux yardstick (or --kernel/--initrd) once per backend with
+rz.run=\"rzbench <workload> ...\" and the serial console captured, then prints the workloads'
+times, boot-to-ready, wall time and the bt/kvm ratio, and the exits, BT traps and translation
+counters side by side. A backend that cannot run here is listed as unavailable. KVM on PVM
+(/sys/module/kvm_pvm) is skipped unless --backends names kvm. Exit status: 0 when every
+workload ran with agreeing checksums; 1 when a workload is missing, a checksum disagrees or a
+backend's run failed; 2 on a usage or host error. See docs/compare.md.";
+
+/// Arguments of `ringzero compare`.
+#[derive(Debug, Parser)]
+pub struct CompareArgs {
+    /// Backends to compare, comma-separated (bt, kvm). Default: bt,kvm (kvm skipped on PVM).
+    #[arg(long, value_name = "NAME[,NAME...]")]
+    pub backends: Option<String>,
+    /// Workloads: all, or comma-separated names (cpu-int, mem-walk, getppid, mmap-munmap,
+    /// fork-wait, file-io, pipe-io).
+    #[arg(long, value_name = "all|NAME[,NAME...]", default_value = "all")]
+    pub workloads: String,
+    /// Run the workloads' small sizes (rzbench --quick).
+    #[arg(long)]
+    pub quick: bool,
+    /// Linux bzImage (default: the yardstick from test-images/linux/build.sh --print-paths).
+    #[arg(long, value_name = "PATH", requires = "initrd")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs holding /bin/rzbench (default: the yardstick's).
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Guest RAM (default: 256M with --quick, 1G otherwise; full mem-walk needs 512M+).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub mem: Option<u64>,
+    /// Write the comparison as one JSON object to PATH (docs/compare.md).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Stop each backend's run after this long.
+    #[arg(long, value_name = "DURATION", default_value = "900s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 const LOCKSTEP_AFTER_HELP: &str = "\

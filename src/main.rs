@@ -1,5 +1,7 @@
 //! The `ringzero` command line.
 
+mod compare;
+
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Difftest(args) => difftest(args),
         Command::Lockstep(args) => lockstep(args),
+        Command::Compare(args) => compare::compare(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
