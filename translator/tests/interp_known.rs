@@ -1069,3 +1069,33 @@ fn salc_sets_al_from_carry_outside_64_bit_mode() {
     assert_eq!(t.r(reg::RBX) & 0xff, 0xff);
     assert_eq!(t.r(reg::RAX), 0x1234_5600, "only AL changes");
 }
+
+#[test]
+fn cli_runs_in_the_tiers_with_the_iopl_rule() {
+    // CPL 0: IF cleared.
+    let mut t = Run::new(64, |c| c.cli());
+    t.cpu.rflags |= rflags::IF;
+    t.end = CODE + 1;
+    t.go().unwrap();
+    assert_eq!(t.cpu.rflags & rflags::IF, 0);
+    // CPL 3 with IOPL 0: #GP(0), nothing changes.
+    let mut t = Run::new(64, |c| c.cli());
+    user_with_am(&mut t, false);
+    t.cpu.rflags |= rflags::IF;
+    let before = t.cpu.clone();
+    assert_eq!(
+        t.go(),
+        Err(Exception::Cpu {
+            vector: 13,
+            error: Some(0)
+        })
+    );
+    assert_eq!(t.cpu, before);
+    // CPL 3 with IOPL 3: allowed.
+    let mut t = Run::new(64, |c| c.cli());
+    user_with_am(&mut t, false);
+    t.cpu.rflags |= rflags::IF | rflags::IOPL;
+    t.end = CODE + 1;
+    t.go().unwrap();
+    assert_eq!(t.cpu.rflags & rflags::IF, 0);
+}

@@ -91,3 +91,27 @@ pub fn salc<E: Emitter>(e: &mut E) -> Result<(), Exception> {
     write_reg_bits(e, RAX, 8, all);
     Ok(())
 }
+
+/// CLI: IF = 0; #GP(0) when CPL > IOPL (protected and virtual-8086 mode; VME and PVI are not
+/// advertised). It runs in the tiers: clearing IF never makes an interrupt deliverable, so the
+/// monitor need not see it (STI does, for its shadow, and stays a trap).
+pub fn cli<E: Emitter>(e: &mut E) -> Result<(), Exception> {
+    let cpl = e.cpl();
+    if cpl > 0 {
+        let r = e.rflags();
+        let iopl = e.shr_i(r, 12);
+        let iopl = e.and_i(iopl, 3);
+        let c = e.imm(u64::from(cpl));
+        let denied = e.bin(super::emit::BinOp::Ult, iopl, c);
+        e.raise(
+            denied,
+            Exception::Cpu {
+                vector: super::GP,
+                error: Some(0),
+            },
+        )?;
+    }
+    let zero = e.imm(0);
+    flags::write_bits(e, rflags::IF, zero);
+    Ok(())
+}

@@ -35,7 +35,8 @@
 //!   (CPL/IOPL rules for IF and IOPL; virtual-8086 POPF not modelled).
 //! - Strings: MOVS, STOS, LODS, CMPS, SCAS with REP/REPE/REPNE, DF and 16/32/64-bit address
 //!   sizes, one element per execution ([`string`]).
-//! - Misc: CBW/CWDE/CDQE, CWD/CDQ/CQO, LAHF, SAHF, SALC (outside 64-bit mode), CLC, STC, CMC, CLD, STD, NOP, PAUSE,
+//! - Misc: CBW/CWDE/CDQE, CWD/CDQ/CQO, LAHF, SAHF, SALC (outside 64-bit mode), CLI (IOPL
+//!   rule; STI stays a trap for its interrupt shadow), CLC, STC, CMC, CLD, STD, NOP, PAUSE,
 //!   PREFETCH/PREFETCHW (hints), ENDBR32/ENDBR64/RDSSP (NOPs without CET), UD2
 //!   (#UD), INT3 (#BP as a trap: RIP after the instruction).
 //! - Bits: BT/BTS/BTR/BTC (register and memory, memory bit offsets beyond the operand), BSF,
@@ -259,6 +260,7 @@ fn dispatch<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> 
         M::Cwd | M::Cdq | M::Cqo => misc::sign_fill_dx(e, insn),
         M::Lahf => misc::lahf(e),
         M::Salc => misc::salc(e),
+        M::Cli => misc::cli(e),
         M::Sahf => misc::sahf(e),
         M::Clc | M::Stc | M::Cmc | M::Cld | M::Std => misc::flag_op(e, insn),
         M::Movsb
