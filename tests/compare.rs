@@ -45,7 +45,13 @@ fn compare_two_workloads(backends: &str) {
         assert!(row.trim_end().ends_with("ok"), "{row}\n{out}");
     }
     assert!(!out.contains("mem-walk"), "{out}");
-    for label in ["boot-to-ready", "wall (whole run)", "exits", "traps", "tier_ups"] {
+    for label in [
+        "boot-to-ready",
+        "wall (whole run)",
+        "exits",
+        "traps",
+        "tier_ups",
+    ] {
         assert!(out.contains(label), "no {label}:\n{out}");
     }
 
@@ -65,9 +71,18 @@ fn compare_two_workloads(backends: &str) {
         let secs = scalar(json, b);
         assert!(secs.parse::<f64>().is_ok(), "{b} seconds {secs:?}: {json}");
     }
-    for key in ["wall_time_s", "boot_to_ready_s", "exits", "tier_ups", "port_io"] {
+    for key in [
+        "wall_time_s",
+        "boot_to_ready_s",
+        "exits",
+        "tier_ups",
+        "port_io",
+    ] {
         let v = scalar(json, key);
-        assert!(v.parse::<f64>().is_ok(), "{key} = {v:?} is not a number: {json}");
+        assert!(
+            v.parse::<f64>().is_ok(),
+            "{key} = {v:?} is not a number: {json}"
+        );
     }
     assert!(json.contains("\"status\":\"ran\""), "{json}");
 }
