@@ -180,6 +180,17 @@ impl Emitter for Interp<'_> {
         }
     }
 
+    fn seg_selector(&mut self, s: Seg) -> u64 {
+        u64::from(match s {
+            Seg::Es => self.cpu.es.selector,
+            Seg::Cs => self.cpu.cs.selector,
+            Seg::Ss => self.cpu.ss.selector,
+            Seg::Ds => self.cpu.ds.selector,
+            Seg::Fs => self.cpu.fs.selector,
+            Seg::Gs => self.cpu.gs.selector,
+        })
+    }
+
     fn set_rip(&mut self, target: u64) {
         self.jump = Some(target);
     }

@@ -553,7 +553,7 @@ fn system_instructions_stop_the_tier_before_any_change() {
     let mut t = Run::new(64, |c| c.cpuid());
     assert_eq!(t.go(), Err(Exception::System(iced_x86::Mnemonic::Cpuid)));
     assert_eq!(t.cpu.rip, CODE);
-    let mut t = Run::new(64, |c| c.mov(ax, ds));
+    let mut t = Run::new(64, |c| c.mov(ds, ax));
     assert_eq!(t.go(), Err(Exception::System(iced_x86::Mnemonic::Mov)));
     let mut t = Run::new(64, |c| c.call(fword_ptr(rax)));
     assert_eq!(t.go(), Err(Exception::System(iced_x86::Mnemonic::Call)));
@@ -1098,4 +1098,34 @@ fn cli_runs_in_the_tiers_with_the_iopl_rule() {
     t.end = CODE + 1;
     t.go().unwrap();
     assert_eq!(t.cpu.rflags & rflags::IF, 0);
+}
+
+#[test]
+fn segment_register_reads_run_in_the_tiers() {
+    let mut t = Run::new(64, |c| {
+        c.mov(ax, ds)?;
+        c.mov(ecx, fs)?;
+        c.mov(rdx, cs)?;
+        c.mov(word_ptr(rbx), gs)?;
+        c.nop()
+    });
+    t.cpu.ds.selector = 0x2b;
+    t.cpu.fs.selector = 0x53;
+    t.cpu.gs.selector = 0x1234;
+    t.cpu.gpr[reg::RAX] = 0xffff_ffff_ffff_ffff;
+    t.cpu.gpr[reg::RCX] = 0xffff_ffff_ffff_ffff;
+    t.cpu.gpr[reg::RBX] = STACK - 0x100;
+    t.mem.write(STACK - 0x100, &[0xaa; 4]).unwrap();
+    t.end = CODE + 3 + 2 + 3 + 3;
+    t.go().unwrap();
+    assert_eq!(
+        t.r(reg::RAX),
+        0xffff_ffff_ffff_002b,
+        "16-bit form keeps the upper bits"
+    );
+    assert_eq!(t.r(reg::RCX), 0x53, "32-bit form zero-extends");
+    assert_eq!(t.r(reg::RDX), u64::from(t.cpu.cs.selector));
+    let mut b = [0u8; 4];
+    t.mem.read(STACK - 0x100, &mut b).unwrap();
+    assert_eq!(b, [0x34, 0x12, 0xaa, 0xaa], "memory takes 16 bits");
 }

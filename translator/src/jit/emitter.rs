@@ -477,15 +477,19 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
     }
 
     fn seg_offset(s: Seg) -> usize {
-        let seg = match s {
+        Self::seg_struct_offset(s) + offset_of!(Segment, base)
+    }
+
+    /// Offset of segment register `s` in `CpuState`.
+    fn seg_struct_offset(s: Seg) -> usize {
+        match s {
             Seg::Es => offset_of!(CpuState, es),
             Seg::Cs => offset_of!(CpuState, cs),
             Seg::Ss => offset_of!(CpuState, ss),
             Seg::Ds => offset_of!(CpuState, ds),
             Seg::Fs => offset_of!(CpuState, fs),
             Seg::Gs => offset_of!(CpuState, gs),
-        };
-        seg + offset_of!(Segment, base)
+        }
     }
 }
 
@@ -627,6 +631,13 @@ impl Emitter for JitEmitter<'_, '_> {
         self.b
             .ins()
             .load(types::I64, initial_state(), self.cpu, off)
+    }
+
+    fn seg_selector(&mut self, s: Seg) -> Value {
+        let off = (Self::seg_struct_offset(s) + offset_of!(Segment, selector)) as i32;
+        self.b
+            .ins()
+            .uload16(types::I64, initial_state(), self.cpu, off)
     }
 
     fn set_rip(&mut self, target: Value) {

@@ -1,18 +1,46 @@
 //! Data movement: MOV, MOVZX/MOVSX/MOVSXD, LEA, XCHG, BSWAP, MOVBE, XLAT, CMOVcc, SETcc.
 
-use super::emit::{Emitter, UnOp};
-use super::operand::{effective_address, loc, write_reg_bits, Loc};
+use super::emit::{Emitter, Seg, UnOp};
+use super::operand::{effective_address, loc, store, write_reg_bits, Loc};
 use super::{flags, width0, Exception};
 use crate::state::reg::RAX;
-use iced_x86::{Instruction, Mnemonic};
+use iced_x86::{Instruction, Mnemonic, OpKind};
 
-/// MOV between general registers, memory and immediates.
+/// MOV between general registers, memory and immediates, and MOV r/m, Sreg (a selector read:
+/// segment registers only change in the monitor, so reading one needs no trap). Loads into
+/// segment registers and control/debug register moves are system instructions.
 pub fn mov<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    if insn.op1_kind() == OpKind::Register && insn.op1_register().is_segment_register() {
+        return mov_from_sreg(e, insn);
+    }
     let dst = loc(e, insn, 0)?;
     let src = loc(e, insn, 1)?;
     let w = width0::<E>(insn, &dst)?;
     let v = src.read(e, w)?;
     dst.write(e, v)
+}
+
+/// MOV r/m, Sreg: a memory destination takes 16 bits whatever the operand size; a register
+/// takes the selector zero-extended at the operand size (16-bit forms keep the upper bits), as
+/// the CPU does.
+fn mov_from_sreg<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception> {
+    use iced_x86::Register as R;
+    let seg = match insn.op1_register() {
+        R::ES => Seg::Es,
+        R::CS => Seg::Cs,
+        R::SS => Seg::Ss,
+        R::DS => Seg::Ds,
+        R::FS => Seg::Fs,
+        R::GS => Seg::Gs,
+        _ => return Err(Exception::Unimplemented(insn.mnemonic())),
+    };
+    let dst = loc(e, insn, 0)?;
+    let v = e.seg_selector(seg);
+    match dst {
+        Loc::Mem { addr, .. } => store(e, addr, v, 2),
+        Loc::Reg(_) => dst.write(e, v),
+        Loc::Imm(_) => Err(Exception::Unimplemented(insn.mnemonic())),
+    }
 }
 
 /// MOVZX (`signed = false`) and MOVSX/MOVSXD (`signed = true`).

@@ -133,6 +133,9 @@ pub trait Emitter {
     fn set_flag_state(&mut self, s: FlagState<Self::V>);
     /// The cached base of segment `s`.
     fn seg_base(&mut self, s: Seg) -> Self::V;
+    /// The visible selector of segment register `s` (zero-extended). Segment registers only
+    /// change in the monitor, so this is constant within a block.
+    fn seg_selector(&mut self, s: Seg) -> Self::V;
 
     /// Ends the instruction with a control transfer to `target` (instead of falling through).
     fn set_rip(&mut self, target: Self::V);
