@@ -378,17 +378,17 @@ fn mov_to_sreg(
     Ok(shadow_if_ss(reg))
 }
 
-/// MOV r/m, Sreg: 16 bits to memory; a register is written at its width (zero-extended).
+/// MOV r/m, Sreg: a selector read, which the tiers run themselves (`sem::data::mov`); the
+/// monitor runs the same semantics when handed one.
 fn mov_from_sreg(
     cpu: &mut CpuState,
     mem: &mut dyn GuestMem,
     insn: &Instruction,
 ) -> Result<Effect, Exception> {
-    let reg = sreg(insn.op1_register()).ok_or(ud())?;
-    let sel = reg.get(cpu).selector;
-    write_op(cpu, mem, insn, 0, u64::from(sel), false)?;
-    cpu.rip = insn.next_ip();
-    Ok(Effect::Next)
+    let mut it = Interp::new(cpu, mem);
+    let r = it.execute(insn);
+    it.sync_flags();
+    r.map(|()| Effect::Next)
 }
 
 fn stack_bytes(insn: &Instruction) -> Result<usize, Exception> {
