@@ -33,7 +33,7 @@ use ringzero_translator::system::{self, delivery, Effect, Event, EventKind, Syst
 use ringzero_translator::CpuState;
 
 use crate::memory::GuestMemory;
-use crate::trace::{TraceEvent, Tracer};
+use crate::trace::{Plan, TraceEvent, Tracer};
 use crate::vcpu::{ExitKind, ExitStats, IoBuses, Vcpu, VcpuError, VcpuExit};
 
 /// IA32_APIC_BASE bit 11: the local APIC is enabled.
@@ -178,7 +178,10 @@ pub struct BtVcpu {
     shadow: bool,
     /// Guest instructions retired (tiers and monitor).
     instructions: u64,
-    /// The instruction trace, when on (the run then steps one instruction at a time).
+    /// Guest RAM (the trace reads the values of memory accesses from it).
+    ram: Arc<GuestMemory>,
+    /// The instruction trace, when on (the run steps one instruction at a time while its
+    /// filter may admit the next one).
     tracer: Option<Tracer>,
     /// Events delivered since the last trace record, written after it.
     trace_events: Vec<TraceEvent>,
@@ -203,7 +206,11 @@ impl BtVcpu {
         stop: Arc<AtomicBool>,
     ) -> Result<Self, BtError> {
         let mmio = Arc::new(MmioCounters::default());
-        let phys = MachinePhys::new(ram, Arc::clone(&platform.mmio), Arc::clone(&mmio));
+        let phys = MachinePhys::new(
+            Arc::clone(&ram),
+            Arc::clone(&platform.mmio),
+            Arc::clone(&mmio),
+        );
         let waker = Arc::new(Waker::default());
         let w = Arc::clone(&waker);
         platform.pic.set_notifier(Arc::new(move || w.wake()));
@@ -223,15 +230,42 @@ impl BtVcpu {
             tsc_offset: 0,
             shadow: false,
             instructions: 0,
+            ram,
             tracer: None,
             trace_events: Vec::new(),
             last_delivered: None,
         })
     }
 
-    /// Turns the instruction trace on: from now on every instruction is recorded.
+    /// Turns the instruction trace on: from now on every instruction its filter admits is
+    /// recorded.
     pub fn set_tracer(&mut self, tracer: Tracer) {
         self.tracer = Some(tracer);
+    }
+
+    /// Reports every translation from now on to `log` (the trace's translation log).
+    pub fn set_translation_log(
+        &mut self,
+        log: Box<dyn ringzero_translator::engine::TranslationLog>,
+    ) {
+        self.engine.set_translation_log(Some(log));
+    }
+
+    /// What the trace wants before the next instruction (`None`: no trace, or it is done);
+    /// keeps the engine's stop points in step with the trace filter.
+    fn trace_plan(&mut self) -> Option<Plan> {
+        let t = self.tracer.as_ref()?;
+        let plan = if t.done() {
+            Plan::Done
+        } else {
+            let linear = ringzero_translator::jit::fetch_linear(&self.cpu);
+            t.plan(self.instructions + 1, linear, self.cpu.cpl())
+        };
+        let stops = t.stop_points();
+        if stops != self.engine.stop_points() {
+            self.engine.set_stop_points(stops);
+        }
+        (plan != Plan::Done).then_some(plan)
     }
 
     /// Guest instructions retired so far.
@@ -341,6 +375,7 @@ impl BtVcpu {
                 rip: self.cpu.rip,
                 cr2: (event.vector == sem::PF && event.kind == EventKind::Exception)
                     .then_some(self.cpu.cr2),
+                cpl: self.cpu.cpl(),
             });
         }
         self.mem.set_context(&self.cpu);
@@ -667,7 +702,9 @@ impl BtVcpu {
                 return Ok(VcpuExit::MachineEvent);
             }
             self.poll_timers();
-            if let Some(exit) = self.take_interrupt()? {
+            let taken = self.take_interrupt()?;
+            self.write_trace_events()?;
+            if let Some(exit) = taken {
                 return Ok(exit);
             }
             if self.cpu.halted {
@@ -676,13 +713,18 @@ impl BtVcpu {
                 }
                 continue;
             }
-            if self.tracer.is_some() {
-                let end = self.step_traced(io.pio)?;
-                self.write_trace_events()?;
-                if let Some(end) = end {
-                    return Ok(end);
+            let mut slice = SLICE;
+            match self.trace_plan() {
+                Some(Plan::Step) => {
+                    let end = self.step_traced(io.pio)?;
+                    self.write_trace_events()?;
+                    if let Some(end) = end {
+                        return Ok(end);
+                    }
+                    continue;
                 }
-                continue;
+                Some(Plan::Run { max }) => slice = slice.min(max),
+                Some(Plan::Done) | None => {}
             }
             self.mem.set_context(&self.cpu);
             // Under a shadow exactly one instruction runs before interrupts are looked at
@@ -691,12 +733,14 @@ impl BtVcpu {
             let budget = if std::mem::take(&mut self.shadow) {
                 1
             } else {
-                SLICE
+                slice
             };
             let exit = self.engine.run(&mut self.cpu, &mut self.mem, budget);
             self.instructions += exit.executed;
             if let StopReason::Exception(e) = exit.reason {
-                if let Some(end) = self.handle(e, io.pio)? {
+                let end = self.handle(e, io.pio)?;
+                self.write_trace_events()?;
+                if let Some(end) = end {
                     return Ok(end);
                 }
             }
@@ -708,7 +752,6 @@ impl BtVcpu {
     /// Runs exactly one instruction (or delivers the fault it raises) and records it.
     fn step_traced(&mut self, pio: &Bus) -> Result<Option<VcpuExit>, VcpuError> {
         self.mem.set_context(&self.cpu);
-        let before = self.cpu.clone();
         let decoded = interp::decode(&self.cpu, &mut self.mem).ok();
         let mut bytes = [0u8; 15];
         let len = decoded.map_or(0, |i| i.len()).min(15);
@@ -717,19 +760,22 @@ impl BtVcpu {
             // The instruction straddles into a page it cannot fetch: show what decoded.
             bytes = [0; 15];
         }
-        let count = self.instructions;
+        let n = self.instructions + 1;
+        let pending = match (decoded, self.tracer.as_mut()) {
+            (Some(insn), Some(t)) => t.begin(n, &self.cpu, &insn, &bytes[..len], &*self.ram),
+            _ => None,
+        };
         self.shadow = false;
         let exit = self.engine.run(&mut self.cpu, &mut self.mem, 1);
         self.instructions += exit.executed;
         let end = match exit.reason {
             StopReason::Exception(e) => self.handle(e, pio)?,
-            StopReason::Budget => None,
+            StopReason::Budget | StopReason::StopPoint => None,
         };
-        if let (true, Some(insn), Some(t)) =
-            (self.instructions > count, decoded, self.tracer.as_mut())
-        {
-            t.instruction(&before, &self.cpu, &insn, &bytes[..len])
-                .map_err(trace_error)?;
+        if let (true, Some(t)) = (self.instructions >= n, self.tracer.as_mut()) {
+            if let Some(p) = pending {
+                t.finish(p, &self.cpu, &*self.ram).map_err(trace_error)?;
+            }
         }
         Ok(end)
     }
@@ -737,6 +783,7 @@ impl BtVcpu {
     /// Writes the events delivered since the last record.
     fn write_trace_events(&mut self) -> Result<(), VcpuError> {
         if let Some(t) = self.tracer.as_mut() {
+            t.ran(self.instructions);
             for e in self.trace_events.drain(..) {
                 t.event(&e).map_err(trace_error)?;
             }

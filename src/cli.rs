@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use crate::trace::{Syntax, TraceFormat};
+pub use crate::trace::{AddressRange, CountWindow, CplFilter, Syntax, TraceFormat};
 
 /// Process exit statuses that are not the guest's own (all even: debug-exit statuses are odd).
 pub mod status {
@@ -257,9 +257,35 @@ pub struct RunArgs {
     /// Write the trace to PATH instead of stderr.
     #[arg(long, value_name = "PATH", requires = "trace")]
     pub trace_file: Option<PathBuf>,
-    /// Disassembly syntax in the trace.
-    #[arg(long, value_enum, default_value_t = Syntax::Intel, requires = "trace")]
+    /// Disassembly syntax in the trace and the translation log.
+    #[arg(long, value_enum, default_value_t = Syntax::Intel)]
     pub syntax: Syntax,
+    /// Record only instructions whose linear address is in START-END (END exclusive) or
+    /// START+LEN; repeatable.
+    #[arg(long, value_name = "RANGE", requires = "trace")]
+    pub trace_range: Vec<AddressRange>,
+    /// Record only user (CPL 3) or kernel (CPL 0-2) instructions.
+    #[arg(long, value_enum, value_name = "LEVEL", requires = "trace")]
+    pub trace_cpl: Option<CplFilter>,
+    /// Record only instructions number FROM..TO of the run (1-based, TO exclusive; FROM.. or
+    /// ..TO).
+    #[arg(long, value_name = "FROM..TO", requires = "trace")]
+    pub trace_window: Option<CountWindow>,
+    /// Start recording at the first instruction executed at this linear address.
+    #[arg(long, value_name = "ADDR", value_parser = parse_address, requires = "trace")]
+    pub trace_start: Option<u64>,
+    /// Stop recording after the first instruction executed at this linear address (once
+    /// started).
+    #[arg(long, value_name = "ADDR", value_parser = parse_address, requires = "trace")]
+    pub trace_stop: Option<u64>,
+    /// Write the translation log (each guest block and what it became) to PATH (BT only).
+    #[arg(long, value_name = "PATH")]
+    pub translation_log: Option<PathBuf>,
+}
+
+/// Parses a linear address (`0x...` or decimal).
+fn parse_address(s: &str) -> Result<u64, String> {
+    crate::trace::filter::parse_number(s).map_err(|e| e.to_string())
 }
 
 /// What `--trace` records.

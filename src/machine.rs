@@ -33,7 +33,8 @@ use crate::cli::{status, Accel, SerialTarget, Syntax, TraceFormat};
 use crate::kvm::{self, KvmError, KvmVcpu, KvmVm};
 use crate::loader::{self, BootSetup, LoadError};
 use crate::memory::{GuestMemory, MemoryError};
-use crate::trace::Tracer;
+use crate::trace::translations::TranslationLogWriter;
+use crate::trace::{TraceFilter, Tracer};
 use crate::vcpu::{ExitStats, IoBuses, Vcpu, VcpuError, VcpuExit};
 
 /// Base port of the COM1 16550A UART.
@@ -94,29 +95,57 @@ pub struct MachineConfig {
     pub trace: Option<TraceSettings>,
 }
 
-/// Where and how the instruction trace is written.
+/// Where and how the instruction trace and the translation log are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceSettings {
+    /// Record instructions (`--trace insn`); off when only the translation log is wanted.
+    pub insns: bool,
     /// Record format.
     pub format: TraceFormat,
     /// Disassembly syntax.
     pub syntax: Syntax,
     /// Output file; standard error when `None`.
     pub path: Option<std::path::PathBuf>,
+    /// What is recorded.
+    pub filter: TraceFilter,
+    /// The translation log's file (BT only), when wanted.
+    pub translation_log: Option<std::path::PathBuf>,
+}
+
+/// A buffered file (or standard error for `None`) for trace output.
+fn trace_sink(path: Option<&std::path::Path>) -> Result<Box<dyn Write + Send>, MachineError> {
+    Ok(match path {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+            |source| MachineError::TraceFile {
+                path: p.display().to_string(),
+                source,
+            },
+        )?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stderr())),
+    })
 }
 
 impl TraceSettings {
-    fn tracer(&self) -> Result<Tracer, MachineError> {
-        let out: Box<dyn Write + Send> = match &self.path {
-            Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(
-                |source| MachineError::TraceFile {
-                    path: p.display().to_string(),
-                    source,
-                },
-            )?)),
-            None => Box::new(std::io::BufWriter::new(std::io::stderr())),
-        };
-        Ok(Tracer::new(out, self.format, self.syntax))
+    /// The instruction tracer, when instructions are recorded.
+    pub fn tracer(&self) -> Result<Option<Tracer>, MachineError> {
+        if !self.insns {
+            return Ok(None);
+        }
+        let out = trace_sink(self.path.as_deref())?;
+        Ok(Some(
+            Tracer::new(out, self.format, self.syntax).with_filter(self.filter.clone()),
+        ))
+    }
+
+    /// The translation log's writer, when wanted.
+    pub fn translation_log(&self) -> Result<Option<TranslationLogWriter>, MachineError> {
+        match &self.translation_log {
+            Some(p) => Ok(Some(TranslationLogWriter::new(
+                trace_sink(Some(p))?,
+                self.syntax,
+            ))),
+            None => Ok(None),
+        }
     }
 }
 
@@ -512,7 +541,12 @@ pub fn build(
                 Arc::clone(&stop),
             )?;
             if let Some(t) = &config.trace {
-                vcpu.set_tracer(t.tracer()?);
+                if let Some(tracer) = t.tracer()? {
+                    vcpu.set_tracer(tracer);
+                }
+                if let Some(log) = t.translation_log()? {
+                    vcpu.set_translation_log(Box::new(log));
+                }
             }
             (platform, mmio, MachineCpu::Bt(Box::new(vcpu)))
         }
@@ -558,6 +592,13 @@ pub fn run(
         (None, a) => resolve_accel(a)?,
         // The trace is the BT's: `auto` picks it.
         (Some(_), Accel::Auto | Accel::Bt) => Accel::Bt,
+        (Some(t), Accel::Kvm) if t.translation_log.is_some() => {
+            return Err(MachineError::BackendUnavailable(
+                "--translation-log needs --accel bt (or auto): KVM runs guest code as it is, \
+                 without translating it"
+                    .into(),
+            ))
+        }
         (Some(_), Accel::Kvm) => {
             return Err(MachineError::BackendUnavailable(
                 "--trace insn runs under --accel bt (or auto); tracing under KVM \

@@ -14,6 +14,7 @@ use ringzero::loader::{self, KernelKind};
 use ringzero::machine::{
     self, BootSource, MachineConfig, RunOutcome, TraceSettings, DEFAULT_LINUX_CMDLINE,
 };
+use ringzero::trace::TraceFilter;
 use ringzero_devices::terminal::{self, TerminalInput};
 
 fn main() -> ExitCode {
@@ -106,10 +107,19 @@ fn run(args: RunArgs) -> Result<u8> {
         mem_size: args.mem,
         serial: args.serial.clone(),
         timeout: args.timeout,
-        trace: args.trace.map(|_| TraceSettings {
+        trace: (args.trace.is_some() || args.translation_log.is_some()).then(|| TraceSettings {
+            insns: args.trace.is_some(),
             format: args.trace_format,
             syntax: args.syntax,
             path: args.trace_file.clone(),
+            filter: TraceFilter {
+                ranges: args.trace_range.clone(),
+                cpl: args.trace_cpl,
+                window: args.trace_window,
+                start_at: args.trace_start,
+                stop_at: args.trace_stop,
+            },
+            translation_log: args.translation_log.clone(),
         }),
     };
     let mut terminal = None;

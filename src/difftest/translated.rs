@@ -84,7 +84,7 @@ impl TranslatedRunner {
         let mut cpu = case.entry_state(mode);
         let reason = run_with_fpu(engine, &mut cpu, &mut mem)?;
         let exception = match reason {
-            StopReason::Budget => return Err(TranslatorGap::Runaway),
+            StopReason::Budget | StopReason::StopPoint => return Err(TranslatorGap::Runaway),
             // The terminating int3 (a trap: RIP after it) is the normal end; report it as the
             // oracle does, at the int3 with no exception.
             StopReason::Exception(Exception::Cpu { vector: BP, .. })

@@ -184,6 +184,28 @@ pub enum StopReason {
     /// An exception (guest fault or trap, unimplemented instruction, unbacked memory); the
     /// state is precise: at the faulting instruction, or after it for traps (#BP).
     Exception(Exception),
+    /// The next instruction is at a stop point ([`Engine::set_stop_points`]); it has not run.
+    StopPoint,
+}
+
+/// Receives every translation the engine makes ([`Engine::set_translation_log`]): the
+/// teaching trace's translation log (guest block → what it became).
+pub trait TranslationLog {
+    /// A block was decoded into the first tier (`linear`: its fetch address; `bytes`: its
+    /// guest code).
+    fn decoded(&mut self, key: &CacheKey, linear: u64, insns: &[Instruction], bytes: &[u8]);
+    /// A block was compiled to host code after `runs` executions (`host`: its machine code,
+    /// which starts at host address `host.as_ptr()`; `compiled`: how many of `insns` it covers).
+    fn compiled(
+        &mut self,
+        key: &CacheKey,
+        insns: &[Instruction],
+        compiled: usize,
+        runs: u64,
+        host: &[u8],
+    );
+    /// The JIT refused a block (it stays interpreted); `why` says why.
+    fn refused(&mut self, key: &CacheKey, why: &str);
 }
 
 /// The result of [`Engine::run`].
@@ -258,6 +280,10 @@ pub struct Engine {
     written_pages: Vec<u64>,
     /// Current translation epoch (see [`Engine::new_translation_epoch`]).
     epoch: u64,
+    /// Linear-address ranges `[start, end)` dispatch stops at ([`Engine::set_stop_points`]).
+    stops: Vec<(u64, u64)>,
+    /// Where translations are reported, when someone asked.
+    log: Option<Box<dyn TranslationLog>>,
     stats: EngineStats,
 }
 
@@ -280,6 +306,8 @@ impl Engine {
             pages: HashMap::new(),
             written_pages: Vec::new(),
             epoch: 0,
+            stops: Vec::new(),
+            log: None,
             stats: EngineStats::default(),
         })
     }
@@ -303,6 +331,28 @@ impl Engine {
     /// in the hash map (for measuring what chaining saves).
     pub fn set_chaining(&mut self, on: bool) {
         self.chaining = on;
+    }
+
+    /// Makes [`Engine::run`] stop with [`StopReason::StopPoint`] before running an instruction
+    /// whose linear address is in one of the `[start, end)` ranges, except at the very start of
+    /// a run (so a caller stopped at one can step past it). Blocks are decoded to end before
+    /// such an instruction, so the check costs one comparison per dispatch, and only while
+    /// ranges are set. Changing the set drops every translation.
+    pub fn set_stop_points(&mut self, ranges: Vec<(u64, u64)>) {
+        if ranges != self.stops {
+            self.stops = ranges;
+            self.flush();
+        }
+    }
+
+    /// The stop points set by [`Engine::set_stop_points`].
+    pub fn stop_points(&self) -> &[(u64, u64)] {
+        &self.stops
+    }
+
+    /// Reports every translation made from now on to `log` (`None`: stop reporting).
+    pub fn set_translation_log(&mut self, log: Option<Box<dyn TranslationLog>>) {
+        self.log = log;
     }
 
     /// What the engine has done so far.
@@ -338,17 +388,22 @@ impl Engine {
                 };
             }
             block.start = cpu.rip;
+            if !self.stops.is_empty() && executed > 0 {
+                let linear = fetch_linear_of(&block, cs_base, cpu.rip);
+                if in_ranges(&self.stops, linear) {
+                    return EngineExit {
+                        executed,
+                        reason: StopReason::StopPoint,
+                    };
+                }
+            }
             let slot = match prev.and_then(|p| self.chained(p, &block)) {
                 Some(s) => {
                     self.stats.chain_hits += 1;
                     s
                 }
                 None => {
-                    let linear = if block.code_bits == 64 {
-                        cpu.rip
-                    } else {
-                        cs_base.wrapping_add(cpu.rip) & 0xffff_ffff
-                    };
+                    let linear = fetch_linear_of(&block, cs_base, cpu.rip);
                     let key = match mem.code_phys(linear) {
                         Ok(phys) => CacheKey { phys, block },
                         Err(e) => {
@@ -455,7 +510,27 @@ impl Engine {
         mem: &mut dyn GuestMem,
         key: CacheKey,
     ) -> Result<u32, Exception> {
-        let insns = decode_block(cpu, mem, self.max_block_insns)?;
+        let mut insns = decode_block(cpu, mem, self.max_block_insns)?;
+        let linear = crate::jit::fetch_linear(cpu);
+        if !self.stops.is_empty() {
+            // End the block before an instruction at a stop point, so dispatch sees it.
+            let code_base = linear.wrapping_sub(cpu.rip);
+            if let Some(cut) = insns.iter().skip(1).position(|i| {
+                in_ranges(
+                    &self.stops,
+                    code_base.wrapping_add(i.ip()) & linear_mask(cpu),
+                )
+            }) {
+                insns.truncate(cut + 1);
+            }
+        }
+        if let Some(log) = self.log.as_mut() {
+            let len: usize = insns.iter().map(Instruction::len).sum();
+            let mut bytes = vec![0u8; len];
+            // The bytes were just decoded, so the fetch succeeds; show zeros if it does not.
+            let _ = mem.fetch(linear, &mut bytes);
+            log.decoded(&key, linear, &insns, &bytes);
+        }
         let bytes: u64 = insns.iter().map(|i| i.len() as u64).sum();
         let phys_end = key.phys.saturating_add(bytes.max(1));
         let entry = Entry {
@@ -515,7 +590,14 @@ impl Engine {
                 TierPolicy::InterpreterOnly => false,
             };
             if due {
-                compile(&mut self.jit, entry, cpu, self.policy, &mut self.stats);
+                compile(
+                    &mut self.jit,
+                    entry,
+                    cpu,
+                    self.policy,
+                    &mut self.stats,
+                    self.log.as_deref_mut(),
+                );
             }
         }
         if let Some(block) = &entry.compiled {
@@ -599,6 +681,29 @@ impl Engine {
     }
 }
 
+/// The fetch address of RIP `rip` in a block of mode `block` with CS base `cs_base`.
+fn fetch_linear_of(block: &BlockKey, cs_base: u64, rip: u64) -> u64 {
+    if block.code_bits == 64 {
+        rip
+    } else {
+        cs_base.wrapping_add(rip) & 0xffff_ffff
+    }
+}
+
+/// The linear-address mask of `cpu`'s code (64-bit code has full addresses).
+fn linear_mask(cpu: &CpuState) -> u64 {
+    if cpu.code_bits() == 64 {
+        u64::MAX
+    } else {
+        0xffff_ffff
+    }
+}
+
+/// Whether `linear` is in one of the `[start, end)` ranges.
+fn in_ranges(ranges: &[(u64, u64)], linear: u64) -> bool {
+    ranges.iter().any(|&(s, e)| s <= linear && linear < e)
+}
+
 /// Compiles `entry` (the CPU is at its start); a refusal keeps it in the first tier.
 fn compile(
     jit: &mut Jit,
@@ -606,8 +711,22 @@ fn compile(
     cpu: &CpuState,
     policy: TierPolicy,
     stats: &mut EngineStats,
+    log: Option<&mut (dyn TranslationLog + 'static)>,
 ) {
-    match jit.compile_block(&entry.insns, cpu) {
+    let result = jit.compile_block(&entry.insns, cpu);
+    if let Some(log) = log {
+        match &result {
+            Ok(block) => log.compiled(
+                &entry.key,
+                &entry.insns,
+                block.len,
+                entry.count,
+                block.host_code(),
+            ),
+            Err(e) => log.refused(&entry.key, &e.to_string()),
+        }
+    }
+    match result {
         Ok(block) => {
             stats.blocks_compiled += 1;
             if matches!(policy, TierPolicy::Adaptive { .. }) {

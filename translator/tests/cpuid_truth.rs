@@ -107,7 +107,7 @@ thread_local! {
 fn run_on(engine: &mut Engine, cpu: &mut CpuState, mem: &mut FlatMem) -> Result<(), Exception> {
     let exit = engine.run(cpu, mem, 1);
     match exit.reason {
-        StopReason::Budget => {
+        StopReason::Budget | StopReason::StopPoint => {
             assert_eq!(exit.executed, 1);
             Ok(())
         }

@@ -47,7 +47,7 @@ fn reference(cpu: &mut CpuState, mem: &mut FlatMem, budget: u64) -> (u64, Option
 
 fn exception_of(exit: &EngineExit) -> Option<Exception> {
     match exit.reason {
-        StopReason::Budget => None,
+        StopReason::Budget | StopReason::StopPoint => None,
         StopReason::Exception(e) => Some(e),
     }
 }
@@ -101,6 +101,57 @@ fn branchy_loop(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.dec(ecx)?;
     a.jnz(top)?;
     a.int3()
+}
+
+/// The address of the first instruction with mnemonic `m` in the code at [`CODE`].
+fn address_of(mem: &mut FlatMem, m: iced_x86::Mnemonic) -> u64 {
+    let mut c = cpu(64);
+    loop {
+        let insn = interp::decode(&c, mem).expect("decodes");
+        if insn.mnemonic() == m {
+            return insn.ip();
+        }
+        c.rip = insn.next_ip();
+    }
+}
+
+#[test]
+fn stop_points_stop_before_every_execution_of_their_instruction() {
+    let mut mem = assemble(branchy_loop);
+    // `adc` starts a block on the even path (after `jmp join`) and sits inside the odd path's
+    // block: both must stop.
+    let join = address_of(&mut mem, iced_x86::Mnemonic::Adc);
+    for policy in POLICIES {
+        let mut engine = Engine::with_policy(policy).expect("engine");
+        engine.set_stop_points(vec![(join, join + 1)]);
+        let (mut c, mut m) = (cpu(64), mem.clone());
+        let mut stops = 0;
+        let mut total = 0;
+        let end = loop {
+            let exit = engine.run(&mut c, &mut m, 1_000_000);
+            total += exit.executed;
+            match exit.reason {
+                StopReason::StopPoint => {
+                    assert_eq!(c.rip, join, "{policy:?}");
+                    stops += 1;
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(stops, 50, "{policy:?}: once per iteration");
+        assert_eq!(end, StopReason::Exception(Exception::cpu(3)));
+        let (mut r, mut rm) = (cpu(64), mem.clone());
+        let (n, _) = reference(&mut r, &mut rm, 1_000_000);
+        assert_eq!(total, n, "{policy:?}");
+        assert_eq!(c, r, "{policy:?}");
+        // Clearing the stop points lets the whole loop run in one call.
+        engine.set_stop_points(Vec::new());
+        let (mut c2, mut m2) = (cpu(64), mem.clone());
+        assert_eq!(
+            engine.run(&mut c2, &mut m2, 1_000_000).reason,
+            StopReason::Exception(Exception::cpu(3))
+        );
+    }
 }
 
 #[test]

@@ -162,6 +162,15 @@ pub struct CompiledBlock {
     exceptions: Vec<Exception>,
 }
 
+impl CompiledBlock {
+    /// The block's host machine code (for the translation log).
+    pub fn host_code(&self) -> &[u8] {
+        // SAFETY: `entry` is the start of `code_size` bytes of finalized code that cranelift-jit
+        // keeps mapped (readable and executable) for the JIT's lifetime; nothing writes them.
+        unsafe { std::slice::from_raw_parts(self.entry as *const u8, self.code_size) }
+    }
+}
+
 /// The Cranelift JIT: a host ISA, a code module and reusable compilation contexts.
 pub struct Jit {
     module: JITModule,

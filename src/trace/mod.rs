@@ -1,19 +1,32 @@
 //! The instruction trace (`ringzero run --trace insn`): one record per executed guest
 //! instruction, for people (text) or programs (JSON Lines).
 //!
-//! A record holds the instruction count (1-based), CPL, CPU mode, CS:RIP, the instruction's
-//! bytes, its disassembly (Intel syntax by default, AT&T with `--syntax att`) and every
-//! register it changed with old and new values. Exceptions and interrupts delivered between
-//! instructions are records of their own. The schema of the JSON form is in `docs/trace.md`.
+//! A record holds the instruction count (1-based, counting every instruction of the run),
+//! CPL, CPU mode, CS:RIP, the instruction's bytes, its disassembly (Intel syntax by default,
+//! AT&T with `--syntax att`), every register it changed with old and new values, and the
+//! memory it read and wrote ([`memory`]). Exceptions and interrupts delivered between
+//! instructions are records of their own. [`filter`] selects what is recorded; the
+//! translation log ([`translations`]) is a separate file. The schema of the JSON form is in
+//! `docs/trace.md`.
 //!
-//! Tracing costs nothing when off: the BT backend checks for a tracer once per slice of
-//! instructions, and only a traced run steps one instruction at a time.
+//! Both backends produce the same records: the BT steps its engine one instruction at a time
+//! while the filter may admit the next instruction and runs at full speed (stopping at the
+//! filter's addresses) otherwise; KVM single-steps the guest. Tracing costs nothing when off.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use iced_x86::{Formatter, GasFormatter, Instruction, IntelFormatter};
+use ringzero_translator::jit::fetch_linear;
 use ringzero_translator::{CpuMode, CpuState};
+
+pub mod filter;
+pub mod memory;
+pub mod translations;
+
+use filter::FilterState;
+pub use filter::{AddressRange, CountWindow, CplFilter, Plan, TraceFilter};
+pub use memory::{MemAccess, TraceMemory};
 
 /// Output format of the trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,6 +135,18 @@ pub struct TraceEvent {
     pub rip: u64,
     /// CR2 for page faults.
     pub cr2: Option<u64>,
+    /// CPL where it happened (before delivery).
+    pub cpl: u8,
+}
+
+/// An instruction the filter admitted, between [`Tracer::begin`] and [`Tracer::finish`].
+pub struct Pending {
+    n: u64,
+    before: Box<CpuState>,
+    insn: Instruction,
+    bytes: [u8; 15],
+    len: usize,
+    mem: Vec<MemAccess>,
 }
 
 /// Writes trace records to a sink.
@@ -129,55 +154,118 @@ pub struct Tracer {
     out: Box<dyn Write + Send>,
     format: TraceFormat,
     formatter: Box<dyn Formatter>,
-    count: u64,
+    filter: TraceFilter,
+    state: FilterState,
+    /// The count of the last instruction that ran (recorded or not; events follow it).
+    last: u64,
+    records: u64,
     line: String,
     asm: String,
 }
 
 impl Tracer {
-    /// A tracer writing `format` records with `syntax` disassembly to `out`.
+    /// A tracer writing `format` records with `syntax` disassembly to `out`, recording every
+    /// instruction.
     pub fn new(out: Box<dyn Write + Send>, format: TraceFormat, syntax: Syntax) -> Self {
-        let mut formatter: Box<dyn Formatter> = match syntax {
-            Syntax::Intel => Box::new(IntelFormatter::new()),
-            Syntax::Att => Box::new(GasFormatter::new()),
-        };
-        formatter
-            .options_mut()
-            .set_space_after_operand_separator(true);
-        formatter.options_mut().set_hex_prefix("0x");
-        formatter.options_mut().set_hex_suffix("");
-        formatter.options_mut().set_uppercase_hex(false);
-        formatter
-            .options_mut()
-            .set_small_hex_numbers_in_decimal(false);
         Tracer {
             out,
             format,
-            formatter,
-            count: 0,
+            formatter: formatter(syntax),
+            filter: TraceFilter::default(),
+            state: FilterState {
+                started: true,
+                stopped: false,
+            },
+            last: 0,
+            records: 0,
             line: String::new(),
             asm: String::new(),
         }
     }
 
-    /// Instructions recorded so far.
-    pub fn count(&self) -> u64 {
-        self.count
+    /// Records only what `filter` admits.
+    pub fn with_filter(mut self, filter: TraceFilter) -> Self {
+        self.state = filter.initial_state();
+        self.filter = filter;
+        self
     }
 
-    /// Records one executed instruction: `before` is the state at its start, `after` the state
-    /// once it completed.
-    pub fn instruction(
+    /// Instruction records written so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Whether nothing will be recorded any more (stop trigger fired, window passed).
+    pub fn done(&self) -> bool {
+        self.state.stopped
+    }
+
+    /// What the backend should do before instruction number `n` (1-based) at `linear`, `cpl`.
+    pub fn plan(&self, n: u64, linear: u64, cpl: u8) -> Plan {
+        self.filter.plan(&self.state, n, linear, cpl)
+    }
+
+    /// The linear ranges a full-speed run must stop at (see [`TraceFilter::stop_points`]).
+    pub fn stop_points(&self) -> Vec<(u64, u64)> {
+        self.filter.stop_points(&self.state)
+    }
+
+    /// Instruction number `n` (1-based in the run) is about to run in state `before`: returns
+    /// what [`Tracer::finish`] needs when the filter admits it (reading the memory it will
+    /// read now), or `None`. `bytes` are its encoding; `ram` the guest's RAM.
+    pub fn begin(
         &mut self,
+        n: u64,
         before: &CpuState,
-        after: &CpuState,
         insn: &Instruction,
         bytes: &[u8],
+        ram: &dyn TraceMemory,
+    ) -> Option<Pending> {
+        let linear = fetch_linear(before);
+        if !self.filter.admit(&mut self.state, n, linear, before.cpl()) {
+            return None;
+        }
+        let mut b = [0u8; 15];
+        let len = bytes.len().min(15);
+        b[..len].copy_from_slice(&bytes[..len]);
+        Some(Pending {
+            n,
+            before: Box::new(before.clone()),
+            insn: *insn,
+            bytes: b,
+            len,
+            mem: memory::accesses(insn, before, ram),
+        })
+    }
+
+    /// Notes that instruction number `n` ran, recorded or not (events are placed after it).
+    pub fn ran(&mut self, n: u64) {
+        self.last = n;
+    }
+
+    /// Writes the record of an instruction [`Tracer::begin`] admitted, which completed with
+    /// state `after` (an instruction that faulted has no record: drop its `Pending`).
+    pub fn finish(
+        &mut self,
+        p: Pending,
+        after: &CpuState,
+        ram: &dyn TraceMemory,
     ) -> io::Result<()> {
-        self.count += 1;
+        let Pending {
+            n,
+            before,
+            insn,
+            bytes,
+            len,
+            mut mem,
+        } = p;
+        self.last = n;
+        self.records += 1;
+        memory::fill_writes(&mut mem, &before, ram);
+        let bytes = &bytes[..len];
         self.asm.clear();
-        self.formatter.format(insn, &mut self.asm);
-        let writes = written_registers(before, after);
+        self.formatter.format(&insn, &mut self.asm);
+        let writes = written_registers(&before, after);
         let mode = mode_name(before.mode());
         self.line.clear();
         let l = &mut self.line;
@@ -185,8 +273,7 @@ impl Tracer {
             TraceFormat::Text => {
                 let _ = write!(
                     l,
-                    "{:>10} {} {:<9} {:04x}:{:016x} ",
-                    self.count,
+                    "{n:>10} {} {:<9} {:04x}:{:016x} ",
                     before.cpl(),
                     mode,
                     before.cs.selector,
@@ -200,12 +287,22 @@ impl Tracer {
                 for w in &writes {
                     let _ = write!(l, " {}={:#x}->{:#x}", w.name, w.old, w.new);
                 }
+                for m in &mem {
+                    let _ = write!(l, " {}[{:#x}", if m.write { "W" } else { "R" }, m.linear);
+                    if let Some(p) = m.phys.filter(|&p| p != m.linear) {
+                        let _ = write!(l, " p{p:#x}");
+                    }
+                    let _ = write!(l, " {}]=", m.size);
+                    match &m.value {
+                        Some(v) => push_value(l, v),
+                        None => l.push('?'),
+                    }
+                }
             }
             TraceFormat::Jsonl => {
                 let _ = write!(
                     l,
-                    "{{\"type\":\"insn\",\"n\":{},\"cpl\":{},\"mode\":\"{mode}\",\"cs\":{},\"rip\":\"{:#x}\",\"bytes\":\"",
-                    self.count,
+                    "{{\"type\":\"insn\",\"n\":{n},\"cpl\":{},\"mode\":\"{mode}\",\"cs\":{},\"rip\":\"{:#x}\",\"bytes\":\"",
                     before.cpl(),
                     before.cs.selector,
                     before.rip
@@ -226,6 +323,34 @@ impl Tracer {
                         w.name, w.old, w.new
                     );
                 }
+                l.push_str("],\"mem\":[");
+                for (i, m) in mem.iter().enumerate() {
+                    if i > 0 {
+                        l.push(',');
+                    }
+                    let _ = write!(
+                        l,
+                        "{{\"op\":\"{}\",\"linear\":\"{:#x}\",\"phys\":",
+                        if m.write { "w" } else { "r" },
+                        m.linear
+                    );
+                    match m.phys {
+                        Some(p) => {
+                            let _ = write!(l, "\"{p:#x}\"");
+                        }
+                        None => l.push_str("null"),
+                    }
+                    let _ = write!(l, ",\"size\":{},\"value\":", m.size);
+                    match &m.value {
+                        Some(v) => {
+                            l.push('"');
+                            push_value(l, v);
+                            l.push('"');
+                        }
+                        None => l.push_str("null"),
+                    }
+                    l.push('}');
+                }
                 l.push_str("]}");
             }
         }
@@ -233,8 +358,15 @@ impl Tracer {
         self.out.write_all(self.line.as_bytes())
     }
 
-    /// Records an exception or interrupt delivered after the instructions counted so far.
+    /// Records an exception or interrupt delivered after the last instruction that ran, if
+    /// the filter admits it.
     pub fn event(&mut self, e: &TraceEvent) -> io::Result<()> {
+        if !self
+            .filter
+            .admit_event(&self.state, self.last, e.rip, e.cpl)
+        {
+            return Ok(());
+        }
         self.line.clear();
         let l = &mut self.line;
         let what = e.what;
@@ -244,7 +376,7 @@ impl Tracer {
                 let _ = write!(
                     l,
                     "{:>10} {what} vector={vector}",
-                    format!("@{}", self.count)
+                    format!("@{}", self.last)
                 );
                 if let Some(err) = e.error {
                     let _ = write!(l, " error={err:#x}");
@@ -257,8 +389,8 @@ impl Tracer {
             TraceFormat::Jsonl => {
                 let _ = write!(
                     l,
-                    "{{\"type\":\"{what}\",\"after\":{},\"vector\":{vector},\"cs\":{},\"rip\":\"{:#x}\"",
-                    self.count, e.cs, e.rip
+                    "{{\"type\":\"{what}\",\"after\":{},\"vector\":{vector},\"cs\":{},\"rip\":\"{:#x}\",\"cpl\":{}",
+                    self.last, e.cs, e.rip, e.cpl
                 );
                 if let Some(err) = e.error {
                     let _ = write!(l, ",\"error\":\"{err:#x}\"");
@@ -276,6 +408,35 @@ impl Tracer {
     /// Flushes buffered records.
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+/// The disassembler for `syntax`, set up as the trace prints instructions.
+pub fn formatter(syntax: Syntax) -> Box<dyn Formatter> {
+    let mut formatter: Box<dyn Formatter> = match syntax {
+        Syntax::Intel => Box::new(IntelFormatter::new()),
+        Syntax::Att => Box::new(GasFormatter::new()),
+    };
+    let o = formatter.options_mut();
+    o.set_space_after_operand_separator(true);
+    o.set_hex_prefix("0x");
+    o.set_hex_suffix("");
+    o.set_uppercase_hex(false);
+    o.set_small_hex_numbers_in_decimal(false);
+    formatter
+}
+
+/// Appends a value: a little-endian number (`0x...`) up to 8 bytes, else the bytes in memory
+/// order.
+fn push_value(l: &mut String, v: &[u8]) {
+    if v.len() <= 8 {
+        let mut b = [0u8; 8];
+        b[..v.len()].copy_from_slice(v);
+        let _ = write!(l, "{:#x}", u64::from_le_bytes(b));
+    } else {
+        for b in v {
+            let _ = write!(l, "{b:02x}");
+        }
     }
 }
 
@@ -315,6 +476,29 @@ mod tests {
         }
     }
 
+    /// No RAM at all.
+    struct NoRam;
+
+    impl TraceMemory for NoRam {
+        fn read_ram(&self, _phys: u64, _buf: &mut [u8]) -> bool {
+            false
+        }
+    }
+
+    /// Records one instruction as number `n`.
+    fn record(
+        t: &mut Tracer,
+        n: u64,
+        before: &CpuState,
+        after: &CpuState,
+        insn: &Instruction,
+        bytes: &[u8],
+    ) {
+        if let Some(p) = t.begin(n, before, insn, bytes, &NoRam) {
+            t.finish(p, after, &NoRam).unwrap();
+        }
+    }
+
     fn mov_eax_1() -> (Instruction, Vec<u8>) {
         let bytes = vec![0xb8, 1, 0, 0, 0];
         let insn = Decoder::with_ip(64, &bytes, 0x1000, DecoderOptions::NONE).decode();
@@ -346,7 +530,7 @@ mod tests {
         ] {
             let sink = Shared::default();
             let mut t = Tracer::new(Box::new(sink.clone()), format, syntax);
-            t.instruction(&before, &after, &insn, &bytes).unwrap();
+            record(&mut t, 1, &before, &after, &insn, &bytes);
             let s = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
             assert!(s.contains(want), "{s}");
             assert!(s.contains("b801000000"), "{s}");
@@ -355,7 +539,7 @@ mod tests {
         }
         let sink = Shared::default();
         let mut t = Tracer::new(Box::new(sink.clone()), TraceFormat::Jsonl, Syntax::Intel);
-        t.instruction(&before, &after, &insn, &bytes).unwrap();
+        record(&mut t, 1, &before, &after, &insn, &bytes);
         t.event(&TraceEvent {
             what: "exception",
             vector: 14,
@@ -363,6 +547,7 @@ mod tests {
             cs: 0,
             rip: 0,
             cr2: Some(0),
+            cpl: 0,
         })
         .unwrap();
         let s = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
@@ -371,12 +556,12 @@ mod tests {
             lines[0],
             "{\"type\":\"insn\",\"n\":1,\"cpl\":0,\"mode\":\"real\",\"cs\":0,\"rip\":\"0x0\",\
              \"bytes\":\"b801000000\",\"asm\":\"mov eax, 0x1\",\"writes\":[{\"reg\":\"rax\",\
-             \"old\":\"0x0\",\"new\":\"0x1\"}]}"
+             \"old\":\"0x0\",\"new\":\"0x1\"}],\"mem\":[]}"
         );
         assert_eq!(
             lines[1],
             "{\"type\":\"exception\",\"after\":1,\"vector\":14,\"cs\":0,\"rip\":\"0x0\",\
-             \"error\":\"0x2\",\"cr2\":\"0x0\"}"
+             \"cpl\":0,\"error\":\"0x2\",\"cr2\":\"0x0\"}"
         );
     }
 
