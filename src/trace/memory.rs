@@ -10,6 +10,7 @@
 //! System accesses (descriptor tables, paging structures, interrupt frames) are not listed.
 
 use iced_x86::{Instruction, InstructionInfoFactory, OpAccess, Register};
+use ringzero_translator::jit::fetch_linear;
 use ringzero_translator::mmu::{walk, Access, PagingContext, PhysMem};
 use ringzero_translator::{CpuMode, CpuState};
 
@@ -121,6 +122,22 @@ fn translate(ram: &dyn TraceMemory, ctx: &PagingContext, linear: u64) -> Option<
     walk(&mut ReadOnly(ram), &sup, linear, Access::Read, true)
         .ok()
         .map(|t| t.phys)
+}
+
+/// Up to 15 instruction bytes at CS:RIP of `cpu` through its page tables (fewer when the
+/// next page is not mapped; empty when the first is not), for decoding the next instruction
+/// from outside the CPU (the KVM trace).
+pub fn fetch_bytes(cpu: &CpuState, ram: &dyn TraceMemory) -> Vec<u8> {
+    let ctx = PagingContext::of(cpu);
+    let linear = fetch_linear(cpu);
+    let first = (0x1000 - (linear & 0xfff)).min(15) as usize;
+    let mut out = read_linear(ram, &ctx, linear, first).unwrap_or_default();
+    if out.len() == first && first < 15 {
+        if let Some(rest) = read_linear(ram, &ctx, linear.wrapping_add(first as u64), 15 - first) {
+            out.extend_from_slice(&rest);
+        }
+    }
+    out
 }
 
 /// The data accesses `insn` makes from state `before`, with the values of its reads.
@@ -251,6 +268,20 @@ mod tests {
         cpu.gpr[3] = 0x10_0000;
         let a = accesses(&decode(&[0x48, 0x8b, 0x43, 0x08], 0x1000), &cpu, &ram);
         assert_eq!(a[0].value, None);
+    }
+
+    #[test]
+    fn instruction_bytes_are_fetched_at_cs_rip() {
+        let ram = Ram(RefCell::new(vec![0; 0x10000]));
+        ram.0.borrow_mut()[0x1100..0x1110].copy_from_slice(&[7; 16]);
+        let mut cpu = CpuState::default(); // real mode
+        cpu.cs.base = 0x1000;
+        cpu.rip = 0x100;
+        assert_eq!(fetch_bytes(&cpu, &ram), [7; 15]);
+        cpu.rip = 0xeffc; // 4 bytes before the end of RAM
+        assert_eq!(fetch_bytes(&cpu, &ram).len(), 4, "cut at the end of RAM");
+        cpu.rip = 0xf000;
+        assert!(fetch_bytes(&cpu, &ram).is_empty(), "beyond RAM");
     }
 
     #[test]
