@@ -153,7 +153,15 @@ pub fn accesses(insn: &Instruction, before: &CpuState, ram: &dyn TraceMemory) ->
             OpAccess::ReadWrite | OpAccess::ReadCondWrite => (true, true),
             _ => continue,
         };
-        let size = m.memory_size().size();
+        // REP string operands have no size in the instruction info (the count is dynamic):
+        // a step moves one element, of the instruction's operand size.
+        let size = match m.memory_size().size() {
+            0 => insn.memory_size().size(),
+            s => s,
+        };
+        if size == 0 {
+            continue;
+        }
         let Some(linear) = m.try_virtual_address(0, |r, _, _| register_value(before, r)) else {
             continue;
         };
