@@ -108,6 +108,8 @@ pub struct TraceSettings {
     pub path: Option<std::path::PathBuf>,
     /// What is recorded.
     pub filter: TraceFilter,
+    /// Stop after this many instruction records.
+    pub limit: Option<u64>,
     /// The translation log's file (BT only), when wanted.
     pub translation_log: Option<std::path::PathBuf>,
 }
@@ -133,7 +135,9 @@ impl TraceSettings {
         }
         let out = trace_sink(self.path.as_deref())?;
         Ok(Some(
-            Tracer::new(out, self.format, self.syntax).with_filter(self.filter.clone()),
+            Tracer::new(out, self.format, self.syntax)
+                .with_filter(self.filter.clone())
+                .with_limit(self.limit),
         ))
     }
 
@@ -558,7 +562,16 @@ pub fn build(
                 &mut platform.mmio,
                 Bus::new(BusKind::Mmio),
             ));
-            let vcpu = vm.create_vcpu(0, Arc::clone(&control), Arc::clone(&stop))?;
+            let mut vcpu = vm.create_vcpu(0, Arc::clone(&control), Arc::clone(&stop))?;
+            if let Some(tracer) = config
+                .trace
+                .as_ref()
+                .map(|t| t.tracer())
+                .transpose()?
+                .flatten()
+            {
+                vcpu.set_tracer(tracer, Arc::clone(&mem));
+            }
             (platform, mmio, MachineCpu::Kvm(Box::new(vcpu)))
         }
     };
@@ -600,11 +613,14 @@ pub fn run(
             ))
         }
         (Some(_), Accel::Kvm) => {
-            return Err(MachineError::BackendUnavailable(
-                "--trace insn runs under --accel bt (or auto); tracing under KVM \
-                 (single-step) is not available yet"
-                    .into(),
-            ))
+            // Tracing under KVM single-steps the guest: refuse up front where the host cannot.
+            crate::lockstep::kvm_single_step_probe().map_err(|why| {
+                MachineError::BackendUnavailable(format!(
+                    "--trace insn under --accel kvm needs single-stepping, which this host \
+                     cannot do ({why}); use --accel bt"
+                ))
+            })?;
+            Accel::Kvm
         }
     };
     let mut machine = build(&config, accel, &BuildOptions::default())?;

@@ -140,6 +140,18 @@ pub fn fetch_bytes(cpu: &CpuState, ram: &dyn TraceMemory) -> Vec<u8> {
     out
 }
 
+/// `len` bytes at `linear` read through the page tables of `cpu` (supervisor view, no side
+/// effects); `None` when any byte is unmapped or not RAM. For reading descriptor tables and
+/// interrupt frames from outside the CPU (the KVM trace).
+pub fn read_linear_bytes(
+    cpu: &CpuState,
+    ram: &dyn TraceMemory,
+    linear: u64,
+    len: usize,
+) -> Option<Vec<u8>> {
+    read_linear(ram, &PagingContext::of(cpu), linear, len)
+}
+
 /// The data accesses `insn` makes from state `before`, with the values of its reads.
 pub fn accesses(insn: &Instruction, before: &CpuState, ram: &dyn TraceMemory) -> Vec<MemAccess> {
     let mut factory = InstructionInfoFactory::new();

@@ -21,11 +21,12 @@ use ringzero_translator::jit::fetch_linear;
 use ringzero_translator::{CpuMode, CpuState};
 
 pub mod filter;
+pub mod kvm_step;
 pub mod memory;
 pub mod translations;
 
 use filter::FilterState;
-pub use filter::{AddressRange, CountWindow, CplFilter, Plan, TraceFilter};
+pub use filter::{AddressRange, CountWindow, CplFilter, Plan, TraceFilter, Trigger};
 pub use memory::{MemAccess, TraceMemory};
 
 /// Output format of the trace.
@@ -156,6 +157,8 @@ pub struct Tracer {
     formatter: Box<dyn Formatter>,
     filter: TraceFilter,
     state: FilterState,
+    /// Stop after this many instruction records (`--trace-limit`).
+    limit: Option<u64>,
     /// The count of the last instruction that ran (recorded or not; events follow it).
     last: u64,
     records: u64,
@@ -172,10 +175,8 @@ impl Tracer {
             format,
             formatter: formatter(syntax),
             filter: TraceFilter::default(),
-            state: FilterState {
-                started: true,
-                stopped: false,
-            },
+            state: FilterState::recording(),
+            limit: None,
             last: 0,
             records: 0,
             line: String::new(),
@@ -187,6 +188,12 @@ impl Tracer {
     pub fn with_filter(mut self, filter: TraceFilter) -> Self {
         self.state = filter.initial_state();
         self.filter = filter;
+        self
+    }
+
+    /// Stops recording after `limit` instruction records.
+    pub fn with_limit(mut self, limit: Option<u64>) -> Self {
+        self.limit = limit;
         self
     }
 
@@ -261,6 +268,9 @@ impl Tracer {
         } = p;
         self.last = n;
         self.records += 1;
+        if self.limit.is_some_and(|l| self.records >= l) {
+            self.state.stopped = true;
+        }
         memory::fill_writes(&mut mem, &before, ram);
         let bytes = &bytes[..len];
         self.asm.clear();
