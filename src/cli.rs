@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use crate::trace::{AddressRange, CountWindow, CplFilter, Syntax, TraceFormat};
+pub use crate::trace::{AddressRange, CountWindow, CplFilter, Syntax, TraceFormat, Trigger};
 
 /// Process exit statuses that are not the guest's own (all even: debug-exit statuses are odd).
 pub mod status {
@@ -271,21 +271,20 @@ pub struct RunArgs {
     /// ..TO).
     #[arg(long, value_name = "FROM..TO", requires = "trace")]
     pub trace_window: Option<CountWindow>,
-    /// Start recording at the first instruction executed at this linear address.
-    #[arg(long, value_name = "ADDR", value_parser = parse_address, requires = "trace")]
-    pub trace_start: Option<u64>,
-    /// Stop recording after the first instruction executed at this linear address (once
-    /// started).
-    #[arg(long, value_name = "ADDR", value_parser = parse_address, requires = "trace")]
-    pub trace_stop: Option<u64>,
+    /// Start recording at the N-th execution (default 1st) of the instruction at this linear
+    /// address; repeatable: a sequence, each armed once the previous fired.
+    #[arg(long, value_name = "ADDR[@N]", requires = "trace")]
+    pub trace_start: Vec<Trigger>,
+    /// Stop recording after the N-th execution (default 1st, counted once started) of the
+    /// instruction at this linear address.
+    #[arg(long, value_name = "ADDR[@N]", requires = "trace")]
+    pub trace_stop: Option<Trigger>,
+    /// Stop recording after N instruction records.
+    #[arg(long, value_name = "N", requires = "trace")]
+    pub trace_limit: Option<u64>,
     /// Write the translation log (each guest block and what it became) to PATH (BT only).
     #[arg(long, value_name = "PATH")]
     pub translation_log: Option<PathBuf>,
-}
-
-/// Parses a linear address (`0x...` or decimal).
-fn parse_address(s: &str) -> Result<u64, String> {
-    crate::trace::filter::parse_number(s).map_err(|e| e.to_string())
 }
 
 /// What `--trace` records.

@@ -116,9 +116,10 @@ fn run(args: RunArgs) -> Result<u8> {
                 ranges: args.trace_range.clone(),
                 cpl: args.trace_cpl,
                 window: args.trace_window,
-                start_at: args.trace_start,
-                stop_at: args.trace_stop,
+                start: args.trace_start.clone(),
+                stop: args.trace_stop,
             },
+            limit: args.trace_limit,
             translation_log: args.translation_log.clone(),
         }),
     };

@@ -154,6 +154,34 @@ fn filters_select_exactly_the_instructions_asked_for() {
             (first_start..=stop_at).contains(&i)
         },
     );
+    // The 3rd execution of the print loop's first instruction, then 5 records.
+    let nth: Vec<u64> = reference
+        .iter()
+        .filter(|r| rip(r) == 0x8055)
+        .map(|r| n(r))
+        .collect();
+    select(&["--trace-start", "0x8055@3", "--trace-limit", "5"], &|r| {
+        (nth[2]..nth[2] + 5).contains(&n(r))
+    });
+    // A sequence: the first ring-3 instruction, then the 2nd execution of 0x8055 after it
+    // (there is none: nothing is recorded) — and of the ring-3 code's first address.
+    let next = rip(reference[stop_at + 1]);
+    let second = reference
+        .iter()
+        .skip(stop_at + 2)
+        .position(|x| rip(x) == next)
+        .map_or(usize::MAX, |p| p + stop_at + 2);
+    select(
+        &[
+            "--trace-start",
+            "0x8055",
+            "--trace-start",
+            &format!("{user:#x}"),
+            "--trace-stop",
+            &format!("{next:#x}@2"),
+        ],
+        &|r| (stop_at..=second).contains(&(n(r) as usize - 1)),
+    );
     // Conditions combine.
     select(
         &["--trace-cpl", "user", "--trace-window", "20000..30000"],

@@ -1,6 +1,11 @@
-//! What the trace records: address ranges, CPL, an instruction-count window and start/stop
-//! trigger addresses (`--trace-range`, `--trace-cpl`, `--trace-window`, `--trace-start`,
-//! `--trace-stop`; docs/trace.md).
+//! What the trace records: address ranges, CPL, an instruction-count window, start/stop
+//! triggers and a record limit (`--trace-range`, `--trace-cpl`, `--trace-window`,
+//! `--trace-start`, `--trace-stop`, `--trace-limit`; docs/trace.md).
+//!
+//! Triggers are addresses with an occurrence number (`ADDR@K`: the K-th execution). Several
+//! start triggers form a sequence, each armed once the previous one fired — "the first
+//! `syscall` after the 5th process start" is `--trace-start ENTRY@5 --trace-start SYSCALL`.
+//! Triggers are only looked for inside the count window.
 //!
 //! The filter is also a plan: [`TraceFilter::plan`] tells the backend whether the next
 //! instruction may be recorded (step it) or how far it can run at full speed without missing
@@ -96,6 +101,37 @@ impl fmt::Display for AddressRange {
     }
 }
 
+/// A trigger: the `nth` execution (1-based) of the instruction at linear address `addr`
+/// (`ADDR` or `ADDR@N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trigger {
+    /// Linear address of the instruction.
+    pub addr: u64,
+    /// Which execution fires it (1 = the first).
+    pub nth: u64,
+}
+
+impl FromStr for Trigger {
+    type Err = FilterParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, n) = match s.split_once('@') {
+            Some((a, n)) => (a, parse_number(n)?),
+            None => (s, 1),
+        };
+        if n == 0 {
+            return Err(FilterParseError::Shape(
+                s.to_string(),
+                "ADDR or ADDR@N with N >= 1 (the N-th execution)",
+            ));
+        }
+        Ok(Trigger {
+            addr: parse_number(a)?,
+            nth: n,
+        })
+    }
+}
+
 /// An instruction-count window `FROM..TO` (1-based counts, TO exclusive; either side may be
 /// left out: `1000..`, `..500`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,11 +178,12 @@ pub struct TraceFilter {
     pub cpl: Option<CplFilter>,
     /// Only instructions whose count is in the window.
     pub window: Option<CountWindow>,
-    /// Recording starts at the first instruction executed at this linear address.
-    pub start_at: Option<u64>,
-    /// Recording ends after the first instruction executed at this linear address once
-    /// started (that instruction is recorded if the other conditions admit it).
-    pub stop_at: Option<u64>,
+    /// Recording starts when these fire, in order (each armed once the previous fired); the
+    /// instruction that fires the last one is the first that may be recorded.
+    pub start: Vec<Trigger>,
+    /// Recording ends after the instruction that fires this (counted once started; that
+    /// instruction is recorded if the other conditions admit it).
+    pub stop: Option<Trigger>,
 }
 
 /// What the backend should do next ([`TraceFilter::plan`]).
@@ -167,10 +204,24 @@ pub enum Plan {
 /// Where a filter stands in a run: its triggers' state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FilterState {
-    /// The start trigger fired (or there is none).
+    /// Every start trigger fired (or there is none).
     pub started: bool,
-    /// The stop trigger fired or the window ended.
+    /// The stop trigger fired, the window ended or the record limit was reached.
     pub stopped: bool,
+    /// The start trigger armed now (index into [`TraceFilter::start`]).
+    stage: usize,
+    /// Executions of the armed trigger's address so far (start or, once started, stop).
+    hits: u64,
+}
+
+impl FilterState {
+    /// A state that records from the first instruction on.
+    pub fn recording() -> Self {
+        FilterState {
+            started: true,
+            ..Default::default()
+        }
+    }
 }
 
 impl TraceFilter {
@@ -182,8 +233,17 @@ impl TraceFilter {
     /// The initial trigger state.
     pub fn initial_state(&self) -> FilterState {
         FilterState {
-            started: self.start_at.is_none(),
-            stopped: false,
+            started: self.start.is_empty(),
+            ..Default::default()
+        }
+    }
+
+    /// The address of the trigger armed now (the next start trigger, or the stop trigger).
+    fn armed(&self, state: &FilterState) -> Option<u64> {
+        if state.started {
+            self.stop.map(|t| t.addr)
+        } else {
+            self.start.get(state.stage).map(|t| t.addr)
         }
     }
 
@@ -198,18 +258,35 @@ impl TraceFilter {
                 state.stopped = true;
                 return false;
             }
+            if n < w.from {
+                return false;
+            }
         }
         if !state.started {
-            if self.start_at != Some(linear) {
+            let Some(t) = self.start.get(state.stage) else {
+                state.started = true;
+                return false;
+            };
+            if t.addr != linear {
+                return false;
+            }
+            state.hits += 1;
+            if state.hits < t.nth {
+                return false;
+            }
+            state.hits = 0;
+            state.stage += 1;
+            if state.stage < self.start.len() {
                 return false;
             }
             state.started = true;
+        } else if let Some(t) = self.stop.filter(|t| t.addr == linear) {
+            state.hits += 1;
+            if state.hits >= t.nth {
+                state.stopped = true;
+            }
         }
-        if self.stop_at == Some(linear) {
-            state.stopped = true;
-        }
-        self.window.is_none_or(|w| n >= w.from)
-            && self.cpl.is_none_or(|c| c.admits(cpl))
+        self.cpl.is_none_or(|c| c.admits(cpl))
             && (self.ranges.is_empty() || self.ranges.iter().any(|r| r.contains(linear)))
     }
 
@@ -230,13 +307,12 @@ impl TraceFilter {
         if state.stopped {
             return Vec::new();
         }
+        let armed = self.armed(state).map(|a| (a, a.saturating_add(1)));
         if !state.started {
-            return self.start_at.map(|a| (a, a + 1)).into_iter().collect();
+            return armed.into_iter().collect();
         }
         let mut v: Vec<(u64, u64)> = self.ranges.iter().map(|r| (r.start, r.end)).collect();
-        if let Some(a) = self.stop_at {
-            v.push((a, a.saturating_add(1)));
-        }
+        v.extend(armed);
         v
     }
 
@@ -245,19 +321,16 @@ impl TraceFilter {
         if state.stopped || self.window.is_some_and(|w| n >= w.to) {
             return Plan::Done;
         }
-        if !state.started {
-            if self.start_at == Some(linear) {
-                return Plan::Step;
-            }
-            return Plan::Run { max: u64::MAX };
-        }
-        if self.stop_at == Some(linear) {
-            return Plan::Step;
-        }
         if let Some(w) = self.window {
             if n < w.from {
                 return Plan::Run { max: w.from - n };
             }
+        }
+        if self.armed(state) == Some(linear) {
+            return Plan::Step;
+        }
+        if !state.started {
+            return Plan::Run { max: u64::MAX };
         }
         if self.cpl.is_some_and(|c| !c.admits(cpl)) {
             return Plan::Run { max: u64::MAX };
@@ -274,6 +347,10 @@ mod tests {
     use super::*;
 
     fn range(s: &str) -> AddressRange {
+        s.parse().unwrap()
+    }
+
+    fn t(s: &str) -> Trigger {
         s.parse().unwrap()
     }
 
@@ -298,6 +375,9 @@ mod tests {
         assert_eq!(w.to, u64::MAX);
         assert!("5..5".parse::<CountWindow>().is_err());
         assert!("5".parse::<CountWindow>().is_err());
+        assert_eq!(t("0x10@3"), Trigger { addr: 16, nth: 3 });
+        assert_eq!(t("16"), Trigger { addr: 16, nth: 1 });
+        assert!("0x10@0".parse::<Trigger>().is_err());
     }
 
     /// Runs `(linear, cpl)` instructions through the filter; the counts recorded.
@@ -348,25 +428,49 @@ mod tests {
         };
         assert_eq!(recorded(&window, &RUN), [3, 4, 5]);
         let triggers = TraceFilter {
-            start_at: Some(0x400),
-            stop_at: Some(0x12),
+            start: vec![t("0x400")],
+            stop: Some(t("0x12")),
             ..Default::default()
         };
         assert_eq!(recorded(&triggers, &RUN), [3, 4, 5]);
         // The stop trigger only counts once started; the start trigger only once.
         let late_stop = TraceFilter {
-            start_at: Some(0x12),
-            stop_at: Some(0x10),
+            start: vec![t("0x12")],
+            stop: Some(t("0x10")),
             ..Default::default()
         };
         assert_eq!(recorded(&late_stop, &RUN), [5, 6, 7, 8]);
+        // The N-th execution; sequences; a stop at its N-th execution after the start.
+        let second = TraceFilter {
+            start: vec![t("0x400@2")],
+            ..Default::default()
+        };
+        assert_eq!(recorded(&second, &RUN), [6, 7, 8]);
+        let sequence = TraceFilter {
+            start: vec![t("0x401"), t("0x400")],
+            stop: Some(t("0x401@1")),
+            ..Default::default()
+        };
+        assert_eq!(recorded(&sequence, &RUN), [6, 7, 8]);
+        let nth_stop = TraceFilter {
+            stop: Some(t("0x400@2")),
+            ..Default::default()
+        };
+        assert_eq!(recorded(&nth_stop, &RUN), [1, 2, 3, 4, 5, 6]);
         let combined = TraceFilter {
-            start_at: Some(0x11),
+            start: vec![t("0x11")],
             cpl: Some(CplFilter::User),
             window: Some("..8".parse().unwrap()),
             ..Default::default()
         };
         assert_eq!(recorded(&combined, &RUN), [3, 4, 6]);
+        // Triggers are looked for inside the window only.
+        let windowed = TraceFilter {
+            start: vec![t("0x400")],
+            window: Some("5..".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(recorded(&windowed, &RUN), [6, 7, 8]);
     }
 
     #[test]
@@ -387,8 +491,14 @@ mod tests {
                 ..Default::default()
             },
             TraceFilter {
-                start_at: Some(0x400),
-                stop_at: Some(0x13),
+                start: vec![t("0x400")],
+                stop: Some(t("0x13")),
+                ..Default::default()
+            },
+            TraceFilter {
+                start: vec![t("0x11"), t("0x400@2")],
+                stop: Some(t("0x401")),
+                window: Some("2..".parse().unwrap()),
                 ..Default::default()
             },
         ];
@@ -397,6 +507,7 @@ mod tests {
             let mut done = false;
             for (n, &(a, c)) in (1u64..).zip(&RUN) {
                 let plan = f.plan(&st, n, a, c);
+                let before = st.clone();
                 let rec = f.admit(&mut st, n, a, c);
                 if rec {
                     assert!(!done, "{f:?}: recorded {n} after Done");
@@ -404,10 +515,8 @@ mod tests {
                 }
                 if let Plan::Run { max } = plan {
                     assert!(max >= 1);
-                    // Running must stop at every trigger still to fire.
-                    if f.start_at == Some(a) || f.stop_at == Some(a) {
-                        panic!("{f:?}: ran over a trigger at {n}");
-                    }
+                    // Running past an instruction must not miss a trigger it would fire.
+                    assert_eq!(st, before, "{f:?}: ran over a trigger at {n}");
                 }
                 done |= plan == Plan::Done;
             }
