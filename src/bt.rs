@@ -399,6 +399,11 @@ impl BtVcpu {
         match exc {
             Exception::System(_) => self.run_system(pio),
             Exception::Cpu { vector, error } => {
+                // INT3 and INTO are traps: the instruction completed (the tiers do not count
+                // it), like INT n, which the monitor counts.
+                if exc.is_trap() {
+                    self.instructions += 1;
+                }
                 // The tiers raise INT3 as #BP; for the guest it is a software exception (the
                 // gate's DPL is checked).
                 if vector == sem::BP {

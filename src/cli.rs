@@ -247,8 +247,8 @@ pub struct RunArgs {
     /// Write the same statistics as one JSON object to PATH (docs/stats.md).
     #[arg(long, value_name = "PATH")]
     pub stats_json: Option<PathBuf>,
-    /// Trace execution: `insn` records every executed instruction (BT backend; see
-    /// docs/trace.md).
+    /// Trace execution: `insn` records every executed instruction the filters admit (BT, or
+    /// KVM by single-step where the host allows it; see docs/trace.md).
     #[arg(long, value_enum, value_name = "WHAT")]
     pub trace: Option<TraceWhat>,
     /// Trace record format.

@@ -169,13 +169,6 @@ fn trace_text_uses_the_chosen_syntax() {
     }
 }
 
-#[test]
-fn trace_under_kvm_is_refused_with_a_reason() {
-    let o = ringzero(&["run", "--accel", "kvm", "--trace", "insn"]);
-    assert_eq!(status(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("--accel bt"), "{}", stderr(&o));
-}
-
 /// A guest that executes random bytes gets the faults a CPU would give and the run ends in one
 /// of the documented ways — never a host crash.
 #[test]
