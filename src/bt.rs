@@ -490,6 +490,15 @@ impl BtVcpu {
         match result {
             Ok(effect) => {
                 self.instructions += 1;
+                // Completing an instruction clears RF; IRET loads it from the frame instead.
+                if !matches!(
+                    insn.mnemonic(),
+                    iced_x86::Mnemonic::Iret
+                        | iced_x86::Mnemonic::Iretd
+                        | iced_x86::Mnemonic::Iretq
+                ) {
+                    self.cpu.rflags &= !rflags::RF;
+                }
                 self.apply(effect, insn_rip)
             }
             Err(Exception::System(m)) => Err(VcpuError::GuestFailure(format!(
@@ -585,8 +594,14 @@ impl BtVcpu {
             self.last_delivered = None;
             self.shadow = false;
             self.mem.set_context(&self.cpu);
-            let exit = self.engine.run(&mut self.cpu, &mut self.mem, budget);
+            let rf = self.cpu.rflags & rflags::RF != 0;
+            let exit = self
+                .engine
+                .run(&mut self.cpu, &mut self.mem, if rf { 1 } else { budget });
             self.instructions += exit.executed;
+            if rf && exit.executed > 0 {
+                self.cpu.rflags &= !rflags::RF;
+            }
             if let StopReason::Exception(e) = exit.reason {
                 let before = self.instructions;
                 run.exit = self.handle(e, io.pio)?;
@@ -735,13 +750,19 @@ impl BtVcpu {
             // Under a shadow exactly one instruction runs before interrupts are looked at
             // again; a shadowed system instruction (`sti; hlt`) runs in the monitor below,
             // still inside the shadow, which ends with it.
-            let budget = if std::mem::take(&mut self.shadow) {
+            // RF (set by IRET from a fault frame) lasts for one instruction: run that one
+            // alone, then clear it as the CPU does when an instruction completes.
+            let rf = self.cpu.rflags & rflags::RF != 0;
+            let budget = if std::mem::take(&mut self.shadow) || rf {
                 1
             } else {
                 slice
             };
             let exit = self.engine.run(&mut self.cpu, &mut self.mem, budget);
             self.instructions += exit.executed;
+            if rf && exit.executed > 0 {
+                self.cpu.rflags &= !rflags::RF;
+            }
             if let StopReason::Exception(e) = exit.reason {
                 let end = self.handle(e, io.pio)?;
                 self.write_trace_events()?;
@@ -773,6 +794,9 @@ impl BtVcpu {
         self.shadow = false;
         let exit = self.engine.run(&mut self.cpu, &mut self.mem, 1);
         self.instructions += exit.executed;
+        if exit.executed > 0 {
+            self.cpu.rflags &= !rflags::RF;
+        }
         let end = match exit.reason {
             StopReason::Exception(e) => self.handle(e, pio)?,
             StopReason::Budget | StopReason::StopPoint => None,
