@@ -563,7 +563,7 @@ pub fn bench(args: BenchArgs) -> Result<u8> {
     for accel in [Accel::Bt, Accel::Kvm] {
         let c = compare::run_ringzero(
             accel,
-            args.kvm_on_pvm.then_some("--kvm-on-pvm"),
+            (args.kvm_on_pvm, "--kvm-on-pvm"),
             &guest,
             args.timeout,
             "bench",

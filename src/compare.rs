@@ -686,11 +686,11 @@ impl Guest {
 }
 
 /// Runs ringzero's `accel` backend on `guest` with its console watched (progress lines on
-/// stderr under `command`, unless `quiet`). `forced`: the flag by which the user asked for this
-/// backend, so KVM runs even on PVM; `None` when it runs by default.
+/// stderr under `command`, unless `quiet`). `force`: (whether the user asked for KVM even on
+/// PVM, the flag that does so).
 pub(crate) fn run_ringzero(
     accel: Accel,
-    forced: Option<&str>,
+    force: (bool, &str),
     guest: &Guest,
     timeout: Duration,
     command: &'static str,
@@ -707,8 +707,8 @@ pub(crate) fn run_ringzero(
         if let Err(e) = ringzero::kvm::probe() {
             return unavailable(e.to_string());
         }
-        if forced.is_none() {
-            if let Some(why) = kvm_default_skip("--backends kvm") {
+        if !force.0 {
+            if let Some(why) = kvm_default_skip(force.1) {
                 return unavailable(why);
             }
         }
@@ -740,10 +740,16 @@ pub(crate) fn run_ringzero(
     let report = machine::run(config, |_, _| {});
     let watched = tail.stop();
     let _ = std::fs::remove_file(&console);
-    let (report, watch) = match (report, watched) {
-        (Ok(r), Ok(w)) => (r, w),
-        (Err(e), _) => return Column::Failed(e.to_string()),
-        (_, Err(e)) => return Column::Failed(e),
+    let watch = match watched {
+        Ok(w) => w,
+        Err(e) => return Column::Failed(e),
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            watch.finish(&format!("failed ({e})"));
+            return Column::Failed(e.to_string());
+        }
     };
     let w = watch.finish(&format!("ended ({:?})", report.outcome));
     Column::Ran(Box::new(Ran {
@@ -773,7 +779,7 @@ pub fn compare(args: CompareArgs) -> Result<u8> {
     for accel in backends {
         let col = run_ringzero(
             accel,
-            explicit.then_some("--backends"),
+            (explicit, "--backends kvm"),
             &guest,
             args.timeout,
             "compare",
