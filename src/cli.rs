@@ -114,11 +114,12 @@ pub struct BenchArgs {
 const COMPARE_AFTER_HELP: &str = "\
 Boots the Linux yardstick (or --kernel/--initrd) once per backend with
 rz.run=\"rzbench <workload> ...\" and the serial console captured, then prints the workloads'
-times, boot-to-ready, wall time and the bt/kvm ratio, and the exits, BT traps and translation
-counters side by side. A backend that cannot run here is listed as unavailable. KVM on PVM
-(/sys/module/kvm_pvm) is skipped unless --backends names kvm. Exit status: 0 when every
-workload ran with agreeing checksums; 1 when a workload is missing, a checksum disagrees or a
-backend's run failed; 2 on a usage or host error. See docs/compare.md.";
+times, boot-to-ready (guest and host), wall time and the bt/kvm ratio, and the exits, BT traps
+and translation counters side by side (--svg: a bar chart of the ratios). Progress lines go
+to stderr while the guests run (--quiet: none). A backend that cannot run here is listed as
+unavailable. KVM on PVM (/sys/module/kvm_pvm) is skipped unless --backends names kvm. Exit
+status: 0 when every workload ran with agreeing checksums; 1 when a workload is missing, a
+checksum disagrees or a backend's run failed; 2 on a usage or host error. See docs/compare.md.";
 
 /// Arguments of `ringzero compare`.
 #[derive(Debug, Parser)]
