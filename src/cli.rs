@@ -59,16 +59,67 @@ pub enum Command {
     /// table: times, ratios, exits/traps and translation counters (docs/compare.md).
     #[command(after_help = COMPARE_AFTER_HELP)]
     Compare(CompareArgs),
+    /// Run the rzbench workloads natively, under ringzero's backends and (--peers) under QEMU
+    /// TCG and KVM: one table of seconds and ratios (docs/bench.md).
+    #[command(after_help = BENCH_AFTER_HELP)]
+    Bench(BenchArgs),
+}
+
+const BENCH_AFTER_HELP: &str = "\
+Columns: native (the host rzbench beside the yardstick's vmlinuz), bt, kvm, and with --peers
+qemu-tcg and qemu-kvm (qemu-system-x86_64 -nographic -no-reboot, same kernel, initramfs, memory
+and command line). A column that cannot run here is listed as unavailable. KVM columns are
+skipped on PVM (/sys/module/kvm_pvm) unless --kvm-on-pvm. Exit status: 0 when every column that
+ran ended normally and the checksums agree; 1 otherwise; 2 on a usage or host error. See
+docs/bench.md.";
+
+/// Arguments of `ringzero bench`.
+#[derive(Debug, Parser)]
+pub struct BenchArgs {
+    /// Also run QEMU (TCG, and KVM where /dev/kvm is usable) as peers.
+    #[arg(long)]
+    pub peers: bool,
+    /// Workloads: all, or comma-separated names (as for compare).
+    #[arg(long, value_name = "all|NAME[,NAME...]", default_value = "all")]
+    pub workloads: String,
+    /// Run the workloads' small sizes (rzbench --quick).
+    #[arg(long)]
+    pub quick: bool,
+    /// Linux bzImage (default: the yardstick from test-images/linux/build.sh --print-paths).
+    #[arg(long, value_name = "PATH", requires = "initrd")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs holding /bin/rzbench (default: the yardstick's).
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// The host rzbench for the native column (default: beside the kernel).
+    #[arg(long, value_name = "PATH")]
+    pub rzbench: Option<PathBuf>,
+    /// Guest RAM (default: 256M with --quick, 1G otherwise).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub mem: Option<u64>,
+    /// Write the table as one JSON object to PATH (docs/bench.md).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Stop each column's run after this long.
+    #[arg(long, value_name = "DURATION", default_value = "900s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Run the KVM columns even when /dev/kvm is PVM.
+    #[arg(long)]
+    pub kvm_on_pvm: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 const COMPARE_AFTER_HELP: &str = "\
 Boots the Linux yardstick (or --kernel/--initrd) once per backend with
 rz.run=\"rzbench <workload> ...\" and the serial console captured, then prints the workloads'
-times, boot-to-ready, wall time and the bt/kvm ratio, and the exits, BT traps and translation
-counters side by side. A backend that cannot run here is listed as unavailable. KVM on PVM
-(/sys/module/kvm_pvm) is skipped unless --backends names kvm. Exit status: 0 when every
-workload ran with agreeing checksums; 1 when a workload is missing, a checksum disagrees or a
-backend's run failed; 2 on a usage or host error. See docs/compare.md.";
+times, boot-to-ready (guest and host), wall time and the bt/kvm ratio, and the exits, BT traps
+and translation counters side by side (--svg: a bar chart of the ratios). Progress lines go
+to stderr while the guests run (--quiet: none). A backend that cannot run here is listed as
+unavailable. KVM on PVM (/sys/module/kvm_pvm) is skipped unless --backends names kvm. Exit
+status: 0 when every workload ran with agreeing checksums; 1 when a workload is missing, a
+checksum disagrees or a backend's run failed; 2 on a usage or host error. See docs/compare.md.";
 
 /// Arguments of `ringzero compare`.
 #[derive(Debug, Parser)]
@@ -98,6 +149,12 @@ pub struct CompareArgs {
     /// Stop each backend's run after this long.
     #[arg(long, value_name = "DURATION", default_value = "900s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Write an SVG bar chart of the bt/kvm ratios to PATH (absolute times if one backend ran).
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 const LOCKSTEP_AFTER_HELP: &str = "\

@@ -5,13 +5,18 @@
 //! `RINGZERO-READY` line the guest's boot time, and the [`RunReport`] the exits, traps and
 //! translation counters.
 
+mod console;
+mod svg;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub(crate) use console::{watch_child, Console};
+
 use anyhow::{bail, Context, Result};
 use ringzero::cli::{Accel, CompareArgs, SerialTarget};
-use ringzero::machine::{self, BootSource, MachineConfig, RunOutcome, RunReport};
+use ringzero::machine::{self, BootSource, MachineConfig, RunOutcome};
 use ringzero::vcpu::{ExitKind, ExitStats};
 use ringzero_translator::system::TrapKind;
 
@@ -84,8 +89,13 @@ pub struct Ran {
     pub outcome: RunOutcome,
     /// Wall time from the first guest entry to the stop.
     pub wall: Duration,
+    /// Host time from the machine's start (building it included) to the stop.
+    pub host_wall: Duration,
     /// Guest uptime at `RINGZERO-READY`, when printed.
     pub ready_s: Option<f64>,
+    /// Host seconds from the machine's start (building it included) to the `RINGZERO-READY`
+    /// line appearing on the console.
+    pub ready_host_s: Option<f64>,
     /// The `RZBENCH` lines, in order.
     pub benches: Vec<Bench>,
     /// Exits, traps and counters.
@@ -128,29 +138,14 @@ impl Comparison {
 
     /// The checksum verdict of one workload: `ok`, or what is wrong.
     pub fn check_status(&self, workload: &str) -> String {
-        let mut seen: Vec<(&str, u64)> = Vec::new();
-        for (n, r) in self.ran() {
-            match r.benches.iter().find(|b| b.name == workload) {
-                Some(b) => seen.push((n, b.check)),
-                None => return format!("missing under {n}"),
-            }
-        }
-        let Some(&(_, first)) = seen.first() else {
-            return "-".into();
-        };
-        if seen.iter().any(|&(_, c)| c != first) {
-            let all: Vec<String> = seen.iter().map(|(n, c)| format!("{n}={c}")).collect();
-            return format!("MISMATCH {}", all.join(" "));
-        }
-        let documented =
-            WORKLOADS
-                .iter()
-                .find(|w| w.0 == workload)
-                .map(|w| if self.quick { w.1 } else { w.2 });
-        match documented {
-            Some(d) if d != first => format!("MISMATCH documented={d} got={first}"),
-            _ => "ok".into(),
-        }
+        let seen: Vec<(&str, Option<u64>)> = self
+            .ran()
+            .map(|(n, r)| {
+                let c = r.benches.iter().find(|b| b.name == workload);
+                (n, c.map(|b| b.check))
+            })
+            .collect();
+        check_verdict(self.quick, workload, &seen)
     }
 
     /// Problems that make the exit status 1: failed runs, missing lines, checksum mismatches.
@@ -232,6 +227,12 @@ impl Comparison {
                 .collect()
         };
         row(&mut s, "boot-to-ready (guest)", &col(&|r| r.ready_s), "");
+        row(
+            &mut s,
+            "boot-to-ready (host)",
+            &col(&|r| r.ready_host_s),
+            "",
+        );
         row(
             &mut s,
             "wall (whole run)",
@@ -336,10 +337,11 @@ impl Comparison {
                         format!("\"status\":\"failed\",\"reason\":\"{}\"", esc(why))
                     }
                     Column::Ran(r) => format!(
-                        "\"status\":\"ran\",\"outcome\":\"{}\",\"wall_time_s\":{:.6},\"boot_to_ready_s\":{},\"stats\":{}",
+                        "\"status\":\"ran\",\"outcome\":\"{}\",\"wall_time_s\":{:.6},\"boot_to_ready_s\":{},\"boot_to_ready_host_s\":{},\"stats\":{}",
                         esc(&format!("{:?}", r.outcome)),
                         r.wall.as_secs_f64(),
-                        r.ready_s.map_or("null".into(), |v| format!("{v:.6}")),
+                        num_json(r.ready_s),
+                        num_json(r.ready_host_s),
                         r.stats.to_json(r.backend, r.wall).trim_end()
                     ),
                 };
@@ -358,11 +360,152 @@ impl Comparison {
     }
 }
 
+impl Comparison {
+    /// The bt/kvm ratio chart (docs/compare.md): one bar per workload that ran under both, and
+    /// boot-to-ready; with one backend, that backend's absolute times, said in the title.
+    pub fn svg(&self) -> String {
+        use svg::{Bar, Chart, Unit};
+        let size = if self.quick {
+            "--quick sizes"
+        } else {
+            "full sizes"
+        };
+        let ran: Vec<(&str, &Ran)> = self.ran().collect();
+        let bt = ran.iter().find(|(n, _)| *n == "bt").map(|r| r.1);
+        let kvm = ran.iter().find(|(n, _)| *n == "kvm").map(|r| r.1);
+        let mut bars = Vec::new();
+        let chart = if let (Some(b), Some(k)) = (bt, kvm) {
+            for w in &self.workloads {
+                if let (Some(x), Some(y)) = (self.bench("bt", w), self.bench("kvm", w)) {
+                    if y.ns > 0 {
+                        bars.push(Bar {
+                            label: w.clone(),
+                            value: x.ns as f64 / y.ns as f64,
+                            secondary: false,
+                        });
+                    }
+                }
+            }
+            for (label, f) in BOOT_ROWS {
+                if let (Some(x), Some(y)) = (f(b), f(k)) {
+                    if y > 0.0 {
+                        bars.push(Bar {
+                            label: label.into(),
+                            value: x / y,
+                            secondary: true,
+                        });
+                    }
+                }
+            }
+            Chart {
+                title: format!("ringzero compare: bt time / kvm time ({size})"),
+                subtitle: "how many times longer binary translation takes than KVM; the dashed                            line is 1× (equal)"
+                    .into(),
+                x_label: "bt time ÷ kvm time (×)".into(),
+                y_label: "workload".into(),
+                reference: Some(1.0),
+                unit: Unit::Times,
+                bars,
+            }
+        } else if let Some(&(name, r)) = ran.first() {
+            for b in &r.benches {
+                if self.workloads.contains(&b.name) {
+                    bars.push(Bar {
+                        label: b.name.clone(),
+                        value: b.ns as f64 / 1e9,
+                        secondary: false,
+                    });
+                }
+            }
+            for (label, f) in BOOT_ROWS {
+                if let Some(v) = f(r) {
+                    bars.push(Bar {
+                        label: label.into(),
+                        value: v,
+                        secondary: true,
+                    });
+                }
+            }
+            let others: Vec<&str> = self
+                .columns
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .filter(|n| *n != name)
+                .collect();
+            let why = if others.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} did not run)", others.join(", "))
+            };
+            Chart {
+                title: format!("ringzero compare: {name} only{why}: absolute times, {size}"),
+                subtitle: "workloads: guest-clock seconds; boot-to-ready: guest uptime and host \
+                           wall-clock seconds"
+                    .into(),
+                x_label: format!("seconds under {name}"),
+                y_label: "workload".into(),
+                reference: None,
+                unit: Unit::Seconds,
+                bars,
+            }
+        } else {
+            Chart {
+                title: format!("ringzero compare: no backend ran ({size})"),
+                subtitle: "nothing to draw".into(),
+                x_label: "seconds".into(),
+                y_label: "workload".into(),
+                reference: None,
+                unit: Unit::Seconds,
+                bars,
+            }
+        };
+        chart.render()
+    }
+}
+
+/// The boot rows of the chart: label and value.
+#[allow(clippy::type_complexity)]
+const BOOT_ROWS: [(&str, fn(&Ran) -> Option<f64>); 2] = [
+    ("boot-to-ready (guest)", |r| r.ready_s),
+    ("boot-to-ready (host)", |r| r.ready_host_s),
+];
+
+/// The checksum verdict of one workload from each column that ran (`None`: it printed no line):
+/// `ok`, `-` (no column ran), `missing under X`, or `MISMATCH ...` (columns disagree, or they
+/// agree on a value other than the documented one for the size).
+pub(crate) fn check_verdict(quick: bool, workload: &str, seen: &[(&str, Option<u64>)]) -> String {
+    if let Some((n, _)) = seen.iter().find(|(_, c)| c.is_none()) {
+        return format!("missing under {n}");
+    }
+    let seen: Vec<(&str, u64)> = seen.iter().filter_map(|&(n, c)| Some((n, c?))).collect();
+    let Some(&(_, first)) = seen.first() else {
+        return "-".into();
+    };
+    if seen.iter().any(|&(_, c)| c != first) {
+        let all: Vec<String> = seen.iter().map(|(n, c)| format!("{n}={c}")).collect();
+        return format!("MISMATCH {}", all.join(" "));
+    }
+    let documented = WORKLOADS
+        .iter()
+        .find(|w| w.0 == workload)
+        .map(|w| if quick { w.1 } else { w.2 });
+    match documented {
+        Some(d) if d != first => format!("MISMATCH documented={d} got={first}"),
+        _ => "ok".into(),
+    }
+}
+
 fn traps(stats: &ExitStats) -> u64 {
     TrapKind::ALL.iter().map(|&k| stats.trap_count(k)).sum()
 }
 
-fn ratio_json(a: Option<f64>, b: Option<f64>) -> String {
+/// A number, or `null`.
+pub(crate) fn num_json(v: Option<f64>) -> String {
+    v.filter(|v| v.is_finite())
+        .map_or("null".into(), |v| format!("{v:.6}"))
+}
+
+pub(crate) fn ratio_json(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.6}", a / b),
         _ => "null".into(),
@@ -370,7 +513,7 @@ fn ratio_json(a: Option<f64>, b: Option<f64>) -> String {
 }
 
 /// JSON string escaping (quotes, backslashes, control characters).
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -444,7 +587,7 @@ pub fn guest_command(workloads: &[String], quick: bool) -> String {
     cmds.join("; ")
 }
 
-fn accel_name(a: Accel) -> &'static str {
+pub(crate) fn accel_name(a: Accel) -> &'static str {
     match a {
         Accel::Bt => "bt",
         Accel::Kvm => "kvm",
@@ -452,17 +595,19 @@ fn accel_name(a: Accel) -> &'static str {
     }
 }
 
-/// Why KVM should not run by default here, if it should not.
-fn kvm_default_skip() -> Option<String> {
+/// Why KVM should not run by default here, if it should not; `force` is the flag that runs it
+/// anyway.
+pub(crate) fn kvm_default_skip(force: &str) -> Option<String> {
     Path::new("/sys/module/kvm_pvm").exists().then(|| {
-        "/dev/kvm is PVM (/sys/module/kvm_pvm exists), where booting Linux takes far too long; \
-         pass --backends kvm to run it anyway"
-            .to_string()
+        format!(
+            "/dev/kvm is PVM (/sys/module/kvm_pvm exists), where booting Linux takes far too \
+             long; pass {force} to run it anyway"
+        )
     })
 }
 
 /// The yardstick's kernel and initramfs, from `test-images/linux/build.sh --print-paths`.
-fn yardstick() -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn yardstick() -> Result<(PathBuf, PathBuf)> {
     let candidates = [
         PathBuf::from("test-images/linux/build.sh"),
         PathBuf::from(concat!(
@@ -494,88 +639,153 @@ fn yardstick() -> Result<(PathBuf, PathBuf)> {
     }
 }
 
-/// Runs one backend and reads its console file.
-fn run_backend(
+/// The guest every run boots: the yardstick's (or the given) kernel and initramfs, the memory
+/// size and the kernel command line running the workloads.
+pub(crate) struct Guest {
+    /// The kernel file (the host `rzbench` sits beside the yardstick's).
+    pub(crate) kernel_path: PathBuf,
+    /// The initramfs file.
+    pub(crate) initrd_path: PathBuf,
+    kernel: Vec<u8>,
+    initrd: Vec<u8>,
+    /// Guest RAM in bytes.
+    pub(crate) mem: u64,
+    /// The kernel command line.
+    pub(crate) cmdline: String,
+}
+
+impl Guest {
+    /// Finds (or takes) the images and reads them; `mem` defaults to 256M with `quick`, else 1G.
+    pub(crate) fn load(
+        kernel: Option<&Path>,
+        initrd: Option<&Path>,
+        mem: Option<u64>,
+        workloads: &[String],
+        quick: bool,
+    ) -> Result<Guest> {
+        let (kernel_path, initrd_path) = match (kernel, initrd) {
+            (Some(k), Some(i)) => (k.to_path_buf(), i.to_path_buf()),
+            _ => yardstick()?,
+        };
+        let kernel = std::fs::read(&kernel_path)
+            .with_context(|| format!("cannot read kernel {}", kernel_path.display()))?;
+        let initrd = std::fs::read(&initrd_path)
+            .with_context(|| format!("cannot read initrd {}", initrd_path.display()))?;
+        Ok(Guest {
+            kernel_path,
+            initrd_path,
+            kernel,
+            initrd,
+            mem: mem.unwrap_or(if quick { 256 << 20 } else { 1 << 30 }),
+            cmdline: format!(
+                "console=ttyS0 reboot=k panic=-1 quiet rz.run=\"{}\"",
+                guest_command(workloads, quick)
+            ),
+        })
+    }
+}
+
+/// Runs ringzero's `accel` backend on `guest` with its console watched (progress lines on
+/// stderr under `command`, unless `quiet`). `force`: (whether the user asked for KVM even on
+/// PVM, the flag that does so).
+pub(crate) fn run_ringzero(
     accel: Accel,
-    kernel: &[u8],
-    initrd: &[u8],
-    cmdline: &str,
-    mem: u64,
+    force: (bool, &str),
+    guest: &Guest,
     timeout: Duration,
-) -> Result<(RunReport, String), String> {
+    command: &'static str,
+    quiet: bool,
+) -> Column {
+    let name = accel_name(accel);
+    let unavailable = |why: String| {
+        if !quiet {
+            eprintln!("{command}: {name}: unavailable: {why}");
+        }
+        Column::Unavailable(why)
+    };
+    if accel == Accel::Kvm {
+        if let Err(e) = ringzero::kvm::probe() {
+            return unavailable(e.to_string());
+        }
+        if !force.0 {
+            if let Some(why) = kvm_default_skip(force.1) {
+                return unavailable(why);
+            }
+        }
+    }
     let console = std::env::temp_dir().join(format!(
-        "ringzero-compare-{}-{}.console",
-        std::process::id(),
-        accel_name(accel)
+        "ringzero-{command}-{}-{name}.console",
+        std::process::id()
     ));
     let _ = std::fs::remove_file(&console);
     let config = MachineConfig {
         accel,
         boot: BootSource::Linux {
-            kernel: kernel.to_vec(),
-            initrd: Some(initrd.to_vec()),
-            cmdline: cmdline.to_string(),
+            kernel: guest.kernel.clone(),
+            initrd: Some(guest.initrd.clone()),
+            cmdline: guest.cmdline.clone(),
         },
-        mem_size: mem,
+        mem_size: guest.mem,
         serial: SerialTarget::File(console.clone()),
         timeout: Some(timeout),
         trace: None,
     };
+    let watch = Console::start(
+        command,
+        name,
+        quiet,
+        &format!("booting ({} MiB)", guest.mem >> 20),
+    );
+    let tail = console::Tail::start(console.clone(), watch);
     let report = machine::run(config, |_, _| {});
-    let text = std::fs::read(&console)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let watched = tail.stop();
     let _ = std::fs::remove_file(&console);
-    report.map(|r| (r, text)).map_err(|e| e.to_string())
+    let watch = match watched {
+        Ok(w) => w,
+        Err(e) => return Column::Failed(e),
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            watch.finish(&format!("failed ({e})"));
+            return Column::Failed(e.to_string());
+        }
+    };
+    let w = watch.finish(&format!("ended ({:?})", report.outcome));
+    Column::Ran(Box::new(Ran {
+        backend: report.backend,
+        outcome: report.outcome,
+        wall: report.wall,
+        host_wall: w.wall,
+        ready_s: w.text.lines().find_map(parse_ready),
+        ready_host_s: w.ready_host.map(|d| d.as_secs_f64()),
+        benches: w.text.lines().filter_map(parse_bench).collect(),
+        stats: report.stats,
+    }))
 }
 
 /// `ringzero compare`.
 pub fn compare(args: CompareArgs) -> Result<u8> {
     let workloads = parse_workloads(&args.workloads)?;
     let (backends, explicit) = parse_backends(args.backends.as_deref())?;
-    let (kernel_path, initrd_path) = match (&args.kernel, &args.initrd) {
-        (Some(k), Some(i)) => (k.clone(), i.clone()),
-        _ => yardstick()?,
-    };
-    let kernel = std::fs::read(&kernel_path)
-        .with_context(|| format!("cannot read kernel {}", kernel_path.display()))?;
-    let initrd = std::fs::read(&initrd_path)
-        .with_context(|| format!("cannot read initrd {}", initrd_path.display()))?;
-    let mem = args
-        .mem
-        .unwrap_or(if args.quick { 256 << 20 } else { 1 << 30 });
-    let cmdline = format!(
-        "console=ttyS0 reboot=k panic=-1 quiet rz.run=\"{}\"",
-        guest_command(&workloads, args.quick)
-    );
+    let guest = Guest::load(
+        args.kernel.as_deref(),
+        args.initrd.as_deref(),
+        args.mem,
+        &workloads,
+        args.quick,
+    )?;
     let mut columns = Vec::new();
     for accel in backends {
-        let name = accel_name(accel).to_string();
-        if accel == Accel::Kvm {
-            if let Err(e) = ringzero::kvm::probe() {
-                columns.push((name, Column::Unavailable(e.to_string())));
-                continue;
-            }
-            if !explicit {
-                if let Some(why) = kvm_default_skip() {
-                    columns.push((name, Column::Unavailable(why)));
-                    continue;
-                }
-            }
-        }
-        log::info!("compare: running {name}");
-        let col = match run_backend(accel, &kernel, &initrd, &cmdline, mem, args.timeout) {
-            Ok((report, console)) => Column::Ran(Box::new(Ran {
-                backend: report.backend,
-                outcome: report.outcome,
-                wall: report.wall,
-                ready_s: console.lines().find_map(parse_ready),
-                benches: console.lines().filter_map(parse_bench).collect(),
-                stats: report.stats,
-            })),
-            Err(e) => Column::Failed(e),
-        };
-        columns.push((name, col));
+        let col = run_ringzero(
+            accel,
+            (explicit, "--backends kvm"),
+            &guest,
+            args.timeout,
+            "compare",
+            args.quiet,
+        );
+        columns.push((accel_name(accel).to_string(), col));
     }
     let cmp = Comparison {
         quick: args.quick,
@@ -586,6 +796,10 @@ pub fn compare(args: CompareArgs) -> Result<u8> {
     if let Some(path) = &args.json {
         std::fs::write(path, cmp.to_json())
             .with_context(|| format!("cannot write --json {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, cmp.svg())
+            .with_context(|| format!("cannot write --svg {}", path.display()))?;
     }
     let problems = cmp.problems();
     for p in &problems {
@@ -609,7 +823,9 @@ mod tests {
             backend,
             outcome: RunOutcome::PowerOff,
             wall: Duration::from_millis(1500),
+            host_wall: Duration::from_millis(1700),
             ready_s: Some(1.25),
+            ready_host_s: Some(2.5),
             benches: benches
                 .iter()
                 .map(|&(n, ns, check)| Bench {
@@ -699,6 +915,100 @@ mod tests {
         let j = c.to_json();
         assert!(j.contains("\"ratio_bt_kvm\":4.000000"), "{j}");
         assert!(j.contains("\"problems\":[\"cpu-int: MISMATCH"), "{j}");
+        let host = t
+            .lines()
+            .find(|l| l.starts_with("boot-to-ready (host)"))
+            .unwrap();
+        assert!(host.contains("2.500000") && host.contains("1.00"), "{t}");
+        assert!(j.contains("\"boot_to_ready_host_s\":2.500000"), "{j}");
+    }
+
+    fn svg_bars(svg: &str) -> Vec<(String, f64)> {
+        let doc = roxmltree::Document::parse(svg).unwrap();
+        doc.descendants()
+            .filter(|n| n.attribute("class") == Some("bar"))
+            .map(|n| {
+                (
+                    n.attribute("data-label").unwrap().to_string(),
+                    n.attribute("width").unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn svg_ratio_chart_has_a_bar_per_shared_workload() {
+        let c = Comparison {
+            quick: false,
+            workloads: vec!["getppid".into(), "cpu-int".into(), "file-io".into()],
+            columns: vec![
+                (
+                    "bt".into(),
+                    ran(
+                        "bt",
+                        &[
+                            ("getppid", 90_000_000, 1),
+                            ("cpu-int", 2_000_000, 5),
+                            ("file-io", 1, 1),
+                        ],
+                    ),
+                ),
+                (
+                    "kvm".into(),
+                    ran(
+                        "kvm",
+                        &[("getppid", 1_000_000, 1), ("cpu-int", 1_000_000, 5)],
+                    ),
+                ),
+            ],
+        };
+        let svg = c.svg();
+        if let Some(p) = std::env::var_os("RINGZERO_SVG_DUMP") {
+            std::fs::write(p, &svg).unwrap();
+        }
+        let bars = svg_bars(&svg);
+        let labels: Vec<&str> = bars.iter().map(|b| b.0.as_str()).collect();
+        // file-io ran under bt only: no bar.
+        assert_eq!(
+            labels,
+            [
+                "getppid",
+                "cpu-int",
+                "boot-to-ready (guest)",
+                "boot-to-ready (host)"
+            ]
+        );
+        assert!(bars[0].1 > bars[1].1 && bars[1].1 > bars[2].1, "{bars:?}");
+        assert!(svg.contains(">90.0×<") && svg.contains(">2.00×<"), "{svg}");
+        assert!(svg.contains("bt time / kvm time (full sizes)"), "{svg}");
+        assert!(svg.contains("class=\"reference\""), "{svg}");
+        // 1× to 90×: a log scale.
+        assert!(svg.contains("(log scale)"), "{svg}");
+    }
+
+    #[test]
+    fn svg_with_one_backend_draws_its_absolute_times() {
+        let c = Comparison {
+            quick: true,
+            workloads: vec!["getppid".into()],
+            columns: vec![
+                ("bt".into(), ran("bt", &[("getppid", 500_000_000, 1)])),
+                ("kvm".into(), Column::Unavailable("no".into())),
+            ],
+        };
+        let svg = c.svg();
+        assert_eq!(svg_bars(&svg).len(), 3, "{svg}");
+        assert!(
+            svg.contains("bt only (kvm did not run): absolute times"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(">0.500 s<") && svg.contains(">2.50 s<"),
+            "{svg}"
+        );
+        assert!(!svg.contains("class=\"reference\""), "{svg}");
+        // 0.5 s to 2.5 s: linear.
+        assert!(svg.contains("(linear scale)"), "{svg}");
     }
 
     #[test]

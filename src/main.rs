@@ -1,5 +1,6 @@
 //! The `ringzero` command line.
 
+mod bench;
 mod compare;
 
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Difftest(args) => difftest(args),
         Command::Lockstep(args) => lockstep(args),
         Command::Compare(args) => compare::compare(args),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
