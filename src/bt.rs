@@ -787,7 +787,7 @@ impl BtVcpu {
             bytes = [0; 15];
         }
         let n = self.instructions + 1;
-        let pending = match (decoded, self.tracer.as_mut()) {
+        let mut pending = match (decoded, self.tracer.as_mut()) {
             (Some(insn), Some(t)) => t.begin(n, &self.cpu, &insn, &bytes[..len], &*self.ram),
             _ => None,
         };
@@ -796,6 +796,11 @@ impl BtVcpu {
         self.instructions += exit.executed;
         if exit.executed > 0 {
             self.cpu.rflags &= !rflags::RF;
+        }
+        if let (StopReason::Exception(Exception::System(_)), Some(p), Some(insn)) =
+            (exit.reason, pending.as_mut(), decoded)
+        {
+            p.set_trap(system::trap_kind(&insn).name());
         }
         let end = match exit.reason {
             StopReason::Exception(e) => self.handle(e, pio)?,

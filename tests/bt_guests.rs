@@ -119,7 +119,7 @@ fn trace_records_every_instruction_from_the_entry_point() {
     // Counts are consecutive from 1, the first record is the entry point in real mode.
     for (i, l) in insns.iter().enumerate() {
         assert_eq!(field(l, "n"), Some((i + 1).to_string().as_str()), "{l}");
-        assert!(l.ends_with("]}"), "{l}");
+        assert!(l.ends_with('}'), "{l}");
     }
     let first = insns[0];
     assert_eq!(field(first, "mode"), Some("real"), "{first}");

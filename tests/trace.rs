@@ -99,6 +99,20 @@ fn records_are_well_formed_json_with_memory_accesses() {
         ins.iter().any(|r| r["cpl"] == 3),
         "the window reaches ring 3"
     );
+    // Mode switches and traps are marked on the instruction that caused them.
+    let switches: Vec<&str> = ins.iter().filter_map(|r| r["mode_to"].as_str()).collect();
+    // Paging on with EFER.LME gives compatibility mode until the far jump to 64-bit code.
+    assert_eq!(switches, ["protected", "compat", "long64"]);
+    assert!(ins.iter().any(|r| r["cpl_to"] == 3), "the drop to ring 3");
+    for r in &ins {
+        let asm = r["asm"].as_str().unwrap();
+        if asm.starts_with("out ") || asm.starts_with("in ") {
+            assert_eq!(r["trap"], "port_io", "{r}");
+        }
+        if asm.starts_with("mov eax,") || asm.starts_with("add ") {
+            assert!(r["trap"].is_null(), "translated code is not a trap: {r}");
+        }
+    }
 }
 
 #[test]

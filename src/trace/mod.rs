@@ -148,6 +148,15 @@ pub struct Pending {
     bytes: [u8; 15],
     len: usize,
     mem: Vec<MemAccess>,
+    trap: Option<&'static str>,
+}
+
+impl Pending {
+    /// Marks the instruction as run by the monitor, trapped out of translated code (the BT's
+    /// trap kind, as `--stats` names it).
+    pub fn set_trap(&mut self, kind: &'static str) {
+        self.trap = Some(kind);
+    }
 }
 
 /// Writes trace records to a sink.
@@ -242,6 +251,7 @@ impl Tracer {
             bytes: b,
             len,
             mem: memory::accesses(insn, before, ram),
+            trap: None,
         })
     }
 
@@ -265,7 +275,11 @@ impl Tracer {
             bytes,
             len,
             mut mem,
+            trap,
         } = p;
+        let (mode_to, cpl_to) = (after.mode(), after.cpl());
+        let mode_switch = (mode_to != before.mode()).then(|| mode_name(mode_to));
+        let cpl_switch = (cpl_to != before.cpl()).then_some(cpl_to);
         self.last = n;
         self.records += 1;
         if self.limit.is_some_and(|l| self.records >= l) {
@@ -307,6 +321,15 @@ impl Tracer {
                         Some(v) => push_value(l, v),
                         None => l.push('?'),
                     }
+                }
+                if let Some(c) = cpl_switch {
+                    let _ = write!(l, " cpl:{}->{c}", before.cpl());
+                }
+                if let Some(m) = mode_switch {
+                    let _ = write!(l, " mode:{mode}->{m}");
+                }
+                if let Some(t) = trap {
+                    let _ = write!(l, " trap:{t}");
                 }
             }
             TraceFormat::Jsonl => {
@@ -361,7 +384,17 @@ impl Tracer {
                     }
                     l.push('}');
                 }
-                l.push_str("]}");
+                l.push(']');
+                if let Some(c) = cpl_switch {
+                    let _ = write!(l, ",\"cpl_to\":{c}");
+                }
+                if let Some(m) = mode_switch {
+                    let _ = write!(l, ",\"mode_to\":\"{m}\"");
+                }
+                if let Some(t) = trap {
+                    let _ = write!(l, ",\"trap\":\"{t}\"");
+                }
+                l.push('}');
             }
         }
         self.line.push('\n');
