@@ -82,7 +82,8 @@
 pub mod demo_kernel;
 
 use crate::interp::{self, BlockExit};
-use crate::jit::{decode_block, run_compiled, BlockKey, CompiledBlock, Jit, JitError};
+use crate::jit::runtime::LinkCell;
+use crate::jit::{decode_block, run_chained, BlockKey, CompiledBlock, Jit, JitError};
 use crate::mem::GuestMem;
 use crate::sem::Exception;
 use crate::state::CpuState;
@@ -162,6 +163,9 @@ pub struct EngineStats {
     pub dispatches: u64,
     /// Dispatches whose block was found through the predecessor's successor memo.
     pub chain_hits: u64,
+    /// Jumps from a compiled block straight into its successor's compiled code (no dispatch:
+    /// these blocks are in `insns_compiled` but not in `dispatches`).
+    pub chained: u64,
     /// Dispatches whose block was found in the cache's hash map.
     pub cache_hits: u64,
     /// Instructions executed by the interpreter tier.
@@ -278,8 +282,13 @@ pub struct Engine {
     pages: HashMap<u64, Vec<u32>>,
     /// Scratch for the code pages the memory reports written.
     written_pages: Vec<u64>,
-    /// Current translation epoch (see [`Engine::new_translation_epoch`]).
+    /// Current translation epoch (see [`Engine::new_translation_epoch`]); also the chain
+    /// epoch of compiled code's link cells, so it also advances whenever a block is dropped.
+    /// Starts at 1: a cell never linked has epoch 0.
     epoch: u64,
+    /// CS base of the last run (non-64-bit code): linear fetch addresses depend on it, but
+    /// the block key does not, so a change starts a new epoch.
+    last_cs_base: u64,
     /// Linear-address ranges `[start, end)` dispatch stops at ([`Engine::set_stop_points`]).
     stops: Vec<(u64, u64)>,
     /// Where translations are reported, when someone asked.
@@ -305,7 +314,8 @@ impl Engine {
             index: HashMap::new(),
             pages: HashMap::new(),
             written_pages: Vec::new(),
-            epoch: 0,
+            epoch: 1,
+            last_cs_base: 0,
             stops: Vec::new(),
             log: None,
             stats: EngineStats::default(),
@@ -374,6 +384,16 @@ impl Engine {
         // (segment loads, CR writes, delivery), never inside the tiers: compute them once.
         let mut block = BlockKey::of(cpu);
         let cs_base = cpu.cs.base;
+        if block.code_bits != 64 && cs_base != self.last_cs_base {
+            // Memos and links skip translating the fetch address, which this base is part of.
+            self.last_cs_base = cs_base;
+            self.new_translation_epoch();
+        }
+        // Compiled code may jump block to block only without stop points (they are checked
+        // at dispatch) and with memos on (off measures dispatch without any shortcut).
+        let chain = self.chaining && self.stops.is_empty();
+        // The link cell the last compiled run returned through, to link to the next block.
+        let mut pending: *const LinkCell = std::ptr::null();
         // Stores into code made outside the tiers (the monitor's system instructions,
         // delivery frames) since the last run.
         if mem.take_code_writes(&mut self.written_pages) {
@@ -434,7 +454,8 @@ impl Engine {
                     s
                 }
             };
-            let exit = self.execute(slot, cpu, mem, remaining);
+            let chain_budget = if chain { remaining } else { 0 };
+            let exit = self.execute(slot, cpu, mem, remaining, chain_budget, &mut pending);
             executed += exit.executed as u64;
             if let Some(e) = exit.exception {
                 return EngineExit {
@@ -454,6 +475,7 @@ impl Engine {
                 self.invalidate_written_pages();
                 // The block that just ran may be gone; its slot must not be linked from.
                 prev = None;
+                pending = std::ptr::null();
                 continue;
             }
             if self.chaining {
@@ -500,7 +522,8 @@ impl Engine {
     /// (TLB flushes, CR0/CR3/CR4/EFER writes); between such events a memo is exactly as good
     /// as a TLB entry, which the CPU may also keep using until it is flushed.
     pub fn new_translation_epoch(&mut self) {
-        self.epoch = self.epoch.wrapping_add(1);
+        // Never back to 0 (the epoch of unlinked cells); 2^64 epochs do not happen anyway.
+        self.epoch = self.epoch.wrapping_add(1).max(1);
     }
 
     /// Decodes the block at CS:RIP into a new cache entry.
@@ -566,14 +589,20 @@ impl Engine {
     }
 
     /// Runs the block in `slot` (at most `remaining` instructions), compiling it first when the
-    /// policy says it is time.
+    /// policy says it is time. Compiled code may chain on to linked successors within
+    /// `chain_budget` instructions. `pending` is the link cell the previous run returned
+    /// through (null if none): it is linked to this block if compiled; on return it is the
+    /// cell this run returned through.
     fn execute(
         &mut self,
         slot: u32,
         cpu: &mut CpuState,
         mem: &mut dyn GuestMem,
         remaining: u64,
+        chain_budget: u64,
+        pending: &mut *const LinkCell,
     ) -> BlockExit {
+        let cell = std::mem::replace(pending, std::ptr::null());
         let Some(Some(entry)) = self.slots.get_mut(slot as usize) else {
             return BlockExit {
                 executed: 0,
@@ -601,10 +630,20 @@ impl Engine {
             }
         }
         if let Some(block) = &entry.compiled {
+            if !cell.is_null() {
+                // SAFETY: the cell belongs to the block the previous run returned from, and
+                // nothing was dropped since (the caller clears `pending` on invalidation).
+                unsafe { block.link_from(cell, self.epoch) };
+            }
             if block.len as u64 <= remaining {
-                let exit = run_compiled(cpu, mem, block);
-                self.stats.insns_compiled += exit.executed as u64;
-                return exit;
+                // SAFETY: every link cell of the current epoch names a live block of this
+                // run's mode: cells are linked only to the block dispatched right after their
+                // exit (same run, so same mode), and dropping any block starts a new epoch.
+                let run = unsafe { run_chained(cpu, mem, block, chain_budget, self.epoch) };
+                self.stats.insns_compiled += run.exit.executed as u64;
+                self.stats.chained += run.chained;
+                *pending = run.exit_cell;
+                return run.exit;
             }
         }
         let n = usize::try_from(remaining).unwrap_or(usize::MAX);
@@ -656,10 +695,11 @@ impl Engine {
             self.free.push(s);
         }
         if !victims.is_empty() {
-            // Memos may name a freed (soon reused) slot.
+            // Memos may name a freed (soon reused) slot, link cells a dropped block.
             for entry in self.slots.iter_mut().flatten() {
                 entry.next = [None, None];
             }
+            self.new_translation_epoch();
             self.stats.blocks_invalidated += victims.len() as u64;
             log::debug!(
                 "engine: invalidated {} blocks in {phys_start:#x}+{len:#x}",
@@ -673,6 +713,8 @@ impl Engine {
     pub fn flush(&mut self) -> usize {
         let n = self.index.len();
         self.stats.blocks_invalidated += n as u64;
+        // Link cells of the dropped blocks must never be followed again.
+        self.new_translation_epoch();
         self.slots.clear();
         self.free.clear();
         self.index.clear();

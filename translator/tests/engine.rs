@@ -390,3 +390,366 @@ fn rep_string_mid_block_matches() {
         }
     }
 }
+
+// ---- Chaining: compiled blocks jumping straight into their successors' compiled code ----
+
+/// Total block executions of `mem`'s code from `start` as the interpreter-only engine
+/// dispatches them (every block execution is a dispatch there).
+fn interpreted_dispatches(start: &CpuState, mem: &FlatMem, budget: u64) -> u64 {
+    let mut engine = Engine::with_policy(TierPolicy::InterpreterOnly).expect("engine");
+    let (mut c, mut m) = (start.clone(), mem.clone());
+    engine.run(&mut c, &mut m, budget);
+    engine.stats().dispatches
+}
+
+#[test]
+fn loops_chain_in_compiled_code() {
+    let mem = assemble(branchy_loop);
+    check_equivalent(&cpu(64), &mem, 1_000_000);
+    let blocks = interpreted_dispatches(&cpu(64), &mem, 1_000_000);
+    let mut engine = Engine::with_policy(TierPolicy::JitAlways).expect("engine");
+    let (mut c, mut m) = (cpu(64), mem.clone());
+    engine.run(&mut c, &mut m, 1_000_000);
+    let s = engine.stats();
+    // Every block execution is either a dispatch or a jump in compiled code; once each exit's
+    // cell is linked (after its first return), the loop never comes back to the dispatcher.
+    assert_eq!(s.dispatches + s.chained, blocks, "{s:?}");
+    assert!(s.chained > 10 * s.dispatches, "{s:?}");
+    // Turning the memos off also turns chaining off: every block is dispatched.
+    let mut plain = Engine::with_policy(TierPolicy::JitAlways).expect("engine");
+    plain.set_chaining(false);
+    let (mut c2, mut m2) = (cpu(64), mem.clone());
+    plain.run(&mut c2, &mut m2, 1_000_000);
+    assert_eq!(plain.stats().chained, 0);
+    assert_eq!(plain.stats().dispatches, blocks);
+    assert_eq!(c2, c);
+}
+
+#[test]
+fn budgets_are_exact_across_chains() {
+    let mem = assemble(branchy_loop);
+    let warm = |policy| {
+        // A finished run links every cell, so the measured runs chain from their start.
+        let mut e = Engine::with_policy(policy).expect("engine");
+        let (mut c, mut m) = (cpu(64), mem.clone());
+        e.run(&mut c, &mut m, 1_000_000);
+        e
+    };
+    for policy in [TierPolicy::JitAlways, TierPolicy::Adaptive { threshold: 1 }] {
+        for n in [1u64, 3, 9, 63, 64, 65, 100, 137] {
+            let mut once = warm(policy);
+            let (mut c1, mut m1) = (cpu(64), mem.clone());
+            let e1 = once.run(&mut c1, &mut m1, 2 * n);
+            let mut twice = warm(policy);
+            let before = twice.stats().chained;
+            let (mut c2, mut m2) = (cpu(64), mem.clone());
+            let a = twice.run(&mut c2, &mut m2, n);
+            assert_eq!(
+                (a.executed, a.reason),
+                (n, StopReason::Budget),
+                "{policy:?} n={n}"
+            );
+            let b = twice.run(&mut c2, &mut m2, n);
+            assert_eq!(a.executed + b.executed, e1.executed, "{policy:?} n={n}");
+            assert_eq!(b.reason, e1.reason);
+            assert_eq!(c1, c2, "{policy:?} n={n}");
+            assert!(m1 == m2);
+            let (mut c3, mut m3) = (cpu(64), mem.clone());
+            let (want, _) = reference(&mut c3, &mut m3, 2 * n);
+            assert_eq!((c1.clone(), e1.executed), (c3, want), "{policy:?} n={n}");
+            if n >= 64 {
+                assert!(twice.stats().chained > before, "{policy:?} n={n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn faults_in_chained_blocks_use_that_blocks_exception_table() {
+    // Block A's table holds #GP(0) (the canonical check of its load) at index 0, block B's
+    // holds #DE at index 0: a #DE raised in B after a chain from A must not read A's table.
+    let mem = assemble(|a| {
+        let mut top = a.create_label();
+        let mut second = a.create_label();
+        a.mov(ecx, 6u32)?;
+        a.mov(rsi, DATA)?;
+        // The loop's first block is entered by the dispatcher once all links are made (A
+        // here), so the fault is in B, reached through a chain.
+        a.jmp(top)?;
+        a.set_label(&mut top)?;
+        a.mov(r8, qword_ptr(rsi))?;
+        a.mov(eax, 1000u32)?;
+        a.xor(edx, edx)?;
+        a.dec(ecx)?;
+        a.jmp(second)?;
+        a.set_label(&mut second)?;
+        a.div(ecx)?;
+        a.add(rbx, rax)?;
+        a.jmp(top)
+    });
+    let (end, exc) = check_equivalent(&cpu(64), &mem, 1000);
+    assert_eq!(exc, Some(Exception::cpu(0)));
+    assert_eq!(end.rip, {
+        let mut m = mem.clone();
+        address_of(&mut m, iced_x86::Mnemonic::Div)
+    });
+    let mut engine = Engine::with_policy(TierPolicy::JitAlways).expect("engine");
+    let (mut c, mut m) = (cpu(64), mem.clone());
+    let exit = engine.run(&mut c, &mut m, 1000);
+    assert_eq!(exit.reason, StopReason::Exception(Exception::cpu(0)));
+    assert_eq!(c, end);
+    assert!(engine.stats().chained >= 8, "{:?}", engine.stats());
+
+    // A memory fault (reported through the run's context) in a self-chaining block.
+    let mem = assemble(|a| {
+        let mut top = a.create_label();
+        a.mov(rsi, DATA)?;
+        a.set_label(&mut top)?;
+        a.add(rax, 5)?;
+        a.mov(rdx, qword_ptr(rsi))?;
+        a.add(rsi, 0x1000)?;
+        a.jmp(top)
+    });
+    let (end, exc) = check_equivalent(&cpu(64), &mem, 1000);
+    assert!(matches!(exc, Some(Exception::Memory(_))), "{exc:?}");
+    let mut engine = Engine::with_policy(TierPolicy::JitAlways).expect("engine");
+    let (mut c, mut m) = (cpu(64), mem.clone());
+    let exit = engine.run(&mut c, &mut m, 1000);
+    assert_eq!(exception_of(&exit), exc);
+    assert_eq!(c, end);
+    assert_eq!(c.gpr[reg::RSI], 0x10000);
+    assert!(engine.stats().chained >= 10, "{:?}", engine.stats());
+}
+
+/// Guest memory with a remappable linear → physical page map (identity unless remapped) that
+/// reports stores into watched code pages, as the full-system memory does.
+#[derive(Clone, PartialEq)]
+struct PagedMem {
+    ram: FlatMem,
+    remap: std::collections::HashMap<u64, u64>,
+    watched: std::collections::HashSet<u64>,
+    writes: Vec<u64>,
+}
+
+impl PagedMem {
+    fn new(ram: FlatMem) -> Self {
+        PagedMem {
+            ram,
+            remap: Default::default(),
+            watched: Default::default(),
+            writes: Vec::new(),
+        }
+    }
+
+    fn phys(&self, linear: u64) -> u64 {
+        let page = linear >> 12;
+        (self.remap.get(&page).copied().unwrap_or(page) << 12) | (linear & 0xfff)
+    }
+}
+
+impl GuestMem for PagedMem {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception> {
+        for (i, b) in (0u64..).zip(buf.iter_mut()) {
+            let mut one = [0u8];
+            self.ram.read(self.phys(addr.wrapping_add(i)), &mut one)?;
+            *b = one[0];
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Exception> {
+        for (i, b) in (0u64..).zip(data) {
+            let p = self.phys(addr.wrapping_add(i));
+            self.ram.write(p, &[*b])?;
+            if self.watched.contains(&(p >> 12)) && !self.writes.contains(&(p >> 12)) {
+                self.writes.push(p >> 12);
+            }
+        }
+        Ok(())
+    }
+
+    fn code_phys(&mut self, addr: u64) -> Result<u64, Exception> {
+        Ok(self.phys(addr))
+    }
+
+    fn watch_code_page(&mut self, phys_page: u64) {
+        self.watched.insert(phys_page);
+    }
+
+    fn code_write_pending(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    fn take_code_writes(&mut self, pages: &mut Vec<u64>) -> bool {
+        if self.writes.is_empty() {
+            return false;
+        }
+        pages.append(&mut self.writes);
+        true
+    }
+}
+
+/// Writes code assembled for linear `at` to guest-physical `phys` of `ram`.
+fn place(
+    ram: &mut FlatMem,
+    at: u64,
+    phys: u64,
+    build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) {
+    let mut a = CodeAssembler::new(64).expect("64-bit assembler");
+    build(&mut a).expect("assemble");
+    let bytes = a.assemble(at).expect("assemble");
+    ram.write(phys, &bytes).expect("code fits");
+}
+
+/// `B` at `0x3000`: `mov eax, value; dec ecx; jnz CODE; int3`.
+fn second_block(value: u32) -> impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError> {
+    move |a| {
+        a.mov(eax, value)?;
+        a.dec(ecx)?;
+        a.jnz(CODE)?;
+        a.int3()
+    }
+}
+
+/// A two-block loop: `A` at [`CODE`] (`inc rdx; jmp 0x3000`) and `B` ([`second_block`]),
+/// with B's bytes at physical `b_phys`.
+fn two_block_loop(b_phys: u64) -> PagedMem {
+    let mut ram = FlatMem::new(0, 0x10000);
+    place(&mut ram, CODE, CODE, |a| {
+        a.inc(rdx)?;
+        a.jmp(0x3000u64)
+    });
+    place(&mut ram, 0x3000, b_phys, second_block(1));
+    PagedMem::new(ram)
+}
+
+fn run_loop(engine: &mut Engine, mem: &mut PagedMem, iterations: u64) -> CpuState {
+    let mut c = cpu(64);
+    c.gpr[reg::RCX] = iterations;
+    let exit = engine.run(&mut c, mem, 100_000);
+    assert_eq!(exit.reason, StopReason::Exception(Exception::cpu(3)));
+    assert_eq!(exit.executed, 5 * iterations);
+    assert_eq!(c.gpr[reg::RDX], iterations);
+    c
+}
+
+#[test]
+fn rewritten_chain_target_runs_its_new_code() {
+    for policy in [TierPolicy::JitAlways, TierPolicy::Adaptive { threshold: 2 }] {
+        let mut mem = two_block_loop(0x3000);
+        let mut engine = Engine::with_policy(policy).expect("engine");
+        assert_eq!(run_loop(&mut engine, &mut mem, 100).gpr[reg::RAX], 1);
+        let chained = engine.stats().chained;
+        assert!(chained > 150, "{policy:?}: {:?}", engine.stats());
+        // A store into B's code between runs (a device, the monitor): reported as a code
+        // write, so the next run drops B, and A's link to the old B must not be followed.
+        mem.write(0x3001, &2u32.to_le_bytes()).expect("in memory");
+        assert_eq!(
+            run_loop(&mut engine, &mut mem, 100).gpr[reg::RAX],
+            2,
+            "{policy:?}"
+        );
+        assert!(engine.stats().blocks_invalidated >= 1);
+        assert!(
+            engine.stats().chained > chained + 150,
+            "{policy:?}: relinked"
+        );
+    }
+}
+
+#[test]
+fn guest_stores_into_a_chained_successor_are_seen() {
+    // A rewrites B's immediate with the loop counter every iteration, then jumps to B.
+    let mut ram = FlatMem::new(0, 0x10000);
+    place(&mut ram, CODE, CODE, |a| {
+        a.mov(dword_ptr(0x3001), ecx)?;
+        a.jmp(0x3000u64)
+    });
+    place(&mut ram, 0x3000, 0x3000, |a| {
+        a.mov(eax, 0u32)?;
+        a.add(rbx, rax)?;
+        a.dec(ecx)?;
+        a.jnz(CODE)?;
+        a.int3()
+    });
+    let mem = PagedMem::new(ram);
+    let start = {
+        let mut c = cpu(64);
+        c.gpr[reg::RCX] = 40;
+        c
+    };
+    for policy in POLICIES {
+        let mut engine = Engine::with_policy(policy).expect("engine");
+        let (mut c, mut m) = (start.clone(), mem.clone());
+        let exit = engine.run(&mut c, &mut m, 10_000);
+        assert_eq!(exit.reason, StopReason::Exception(Exception::cpu(3)));
+        assert_eq!(exit.executed, 6 * 40);
+        assert_eq!(c.gpr[reg::RBX], (1..=40).sum::<u64>(), "{policy:?}");
+        assert_eq!(engine.stats().jit_errors, 0);
+    }
+    // A block that only sometimes stores into code: its link is made (and current) when the
+    // store comes, so the link must be refused because the store hit a code page. At
+    // ECX = 20 A writes 20 into B's immediate (before: into data). A is cut after the store
+    // (4 instructions), so it leaves through its chainable fall-through exit right after it.
+    let mut ram = FlatMem::new(0, 0x10000);
+    place(&mut ram, CODE, CODE, |a| {
+        a.mov(rdi, DATA)?;
+        a.cmp(ecx, 20)?;
+        a.cmove(rdi, r9)?;
+        a.mov(dword_ptr(rdi), ecx)?;
+        a.jmp(0x3000u64)
+    });
+    place(&mut ram, 0x3000, 0x3000, |a| {
+        a.mov(eax, 0u32)?;
+        a.add(rbx, rax)?;
+        a.dec(ecx)?;
+        a.jnz(CODE)?;
+        a.int3()
+    });
+    let mem = PagedMem::new(ram);
+    for policy in POLICIES {
+        let mut engine = Engine::with_policy(policy).expect("engine");
+        engine.set_max_block_insns(4);
+        let (mut c, mut m) = (start.clone(), mem.clone());
+        c.gpr[reg::R9] = 0x3001;
+        let exit = engine.run(&mut c, &mut m, 10_000);
+        assert_eq!(exit.reason, StopReason::Exception(Exception::cpu(3)));
+        assert_eq!(c.gpr[reg::RBX], 20 * 20, "{policy:?}");
+        if policy == TierPolicy::JitAlways {
+            assert!(engine.stats().chained > 30, "{:?}", engine.stats());
+        }
+    }
+}
+
+#[test]
+fn a_new_translation_epoch_breaks_chains() {
+    let mut mem = two_block_loop(0x5000);
+    mem.remap.insert(3, 5);
+    place(&mut mem.ram, 0x3000, 0x6000, second_block(2));
+    for policy in [TierPolicy::JitAlways, TierPolicy::Adaptive { threshold: 2 }] {
+        let mut engine = Engine::with_policy(policy).expect("engine");
+        mem.remap.insert(3, 5);
+        engine.new_translation_epoch();
+        assert_eq!(run_loop(&mut engine, &mut mem, 100).gpr[reg::RAX], 1);
+        // Remap B's linear page (a page-table change). Until the monitor starts a new epoch
+        // (CR3 write, INVLPG), links keep the old mapping, as a TLB would.
+        mem.remap.insert(3, 6);
+        assert_eq!(
+            run_loop(&mut engine, &mut mem, 100).gpr[reg::RAX],
+            1,
+            "{policy:?}"
+        );
+        engine.new_translation_epoch();
+        let chained = engine.stats().chained;
+        assert_eq!(
+            run_loop(&mut engine, &mut mem, 100).gpr[reg::RAX],
+            2,
+            "{policy:?}"
+        );
+        assert!(
+            engine.stats().chained > chained + 150,
+            "{policy:?}: relinked"
+        );
+    }
+}

@@ -13,15 +13,17 @@
 //! first architectural write, so the register Variables at a raise point still hold the values
 //! from the start of the instruction (exactly what the interpreter tier leaves behind).
 
-use super::runtime::{jit_div_wide, jit_load, jit_load_rmw, jit_store, RunCtx};
+use super::runtime::{
+    jit_div_wide, jit_load, jit_load_rmw, jit_store, BlockMeta, LinkCell, RunCtx, LINK_CELLS,
+};
 use crate::mmu::tlb::TLB_ENTRIES;
 use crate::mmu::TlbEntry;
 use crate::sem::{flags, BinOp, Emitter, Exception, FlagState, Seg, UnOp};
 use crate::state::{CpuState, Segment};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    types, AbiParam, Block, BlockArg, Endianness, InstBuilder, MemFlagsData, SigRef, Signature,
-    Value,
+    types, AbiParam, Block, BlockArg, Endianness, InstBuilder, InstructionData, MemFlagsData,
+    Opcode, SigRef, Signature, Value, ValueDef,
 };
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
@@ -42,6 +44,27 @@ pub(crate) enum ExitKind {
 /// Packs an exit into the block's return value: executed count, kind, exception index.
 pub(crate) fn encode_exit(executed: usize, kind: ExitKind, exc: usize) -> i64 {
     ((executed as u64 & 0xffff_ffff) | ((kind as u64) << 32) | ((exc as u64) << 40)) as i64
+}
+
+/// How an exit leaves the block function once the state is stored.
+enum Leave<'t> {
+    /// Return the exit code to the caller.
+    Return,
+    /// An exception exit: record the block's meta (for its exception table), then return.
+    Fault,
+    /// A normal exit after `executed` instructions that may chain to a successor at one of
+    /// the static `targets` (see [`JitEmitter::chain_try`]).
+    Chain { executed: usize, targets: &'t [u64] },
+}
+
+/// The signature of every block function: `(cpu, ctx) -> exit code` in the tail calling
+/// convention, so a block can jump to its successor with `return_call_indirect`.
+pub(crate) fn block_signature() -> Signature {
+    let mut s = Signature::new(CallConv::Tail);
+    s.params.push(AbiParam::new(types::I64));
+    s.params.push(AbiParam::new(types::I64));
+    s.returns.push(AbiParam::new(types::I64));
+    s
 }
 
 /// Number of guest registers kept in Variables (RAX..R15).
@@ -78,6 +101,14 @@ pub(crate) struct JitEmitter<'a, 'f> {
     jump: Option<Value>,
     /// The current instruction emitted a store (it may have rewritten code).
     stored: bool,
+    /// Some instruction so far emitted a store (chain exits then check `code_written`).
+    any_store: bool,
+    /// The block's meta (link cells, exception table) at its stable address.
+    meta: *const BlockMeta,
+    /// The exit RIP each link cell serves, by cell index.
+    cells: Vec<u64>,
+    /// The block-function signature (tail calling convention) for chain jumps.
+    tail_sig: SigRef,
     code_bits: u32,
     stack_bits: u32,
     cpl: u8,
@@ -131,10 +162,12 @@ fn guest_ram() -> MemFlagsData {
 }
 
 impl<'a, 'f> JitEmitter<'a, 'f> {
-    /// Sets up the entry block of a fresh function `(cpu, ctx) -> exit code` and the Variables.
+    /// Sets up the entry block of a fresh function `(cpu, ctx) -> exit code` and the Variables;
+    /// `call_conv` is the helpers' (the host's), `meta` the block's link cells and table.
     pub(crate) fn new(
         b: &'a mut FunctionBuilder<'f>,
         call_conv: CallConv,
+        meta: *const BlockMeta,
         code_bits: u32,
         stack_bits: u32,
         cpl: u8,
@@ -176,6 +209,7 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
             store: sig(4),
             div: sig(5),
         };
+        let tail_sig = b.import_signature(block_signature());
         JitEmitter {
             b,
             cpu,
@@ -186,6 +220,10 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
             flags: FlagState::Materialized,
             jump: None,
             stored: false,
+            any_store: false,
+            meta,
+            cells: Vec::new(),
+            tail_sig,
             code_bits,
             stack_bits,
             cpl,
@@ -238,9 +276,10 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
         self.b.switch_to_block(cont);
     }
 
-    /// Stores every register written so far, the folded flags and `rip`, and returns `code`.
-    /// Leaves the emitter's compile-time flag state and dirty set as they were.
-    fn emit_exit(&mut self, flags_at_exit: FlagState<Value>, rip: Value, code: Value) {
+    /// Stores every register written so far, the folded flags and `rip`, then leaves as
+    /// `how` says with exit code `code`. Leaves the emitter's compile-time flag state and
+    /// dirty set as they were.
+    fn emit_exit(&mut self, flags_at_exit: FlagState<Value>, rip: Value, code: Value, how: Leave) {
         let (keep_flags, keep_dirty) = (self.flags, self.dirty);
         self.flags = flags_at_exit;
         flags::materialize(self);
@@ -268,29 +307,192 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
             self.cpu,
             offset_of!(CpuState, rip) as i32,
         );
-        self.b.ins().return_(&[code]);
+        match how {
+            Leave::Return => {
+                self.b.ins().return_(&[code]);
+            }
+            Leave::Fault => {
+                let meta = self.b.ins().iconst(types::I64, self.meta as i64);
+                self.store_ctx(meta, offset_of!(RunCtx<'_>, exc_meta));
+                self.b.ins().return_(&[code]);
+            }
+            Leave::Chain { executed, targets } => {
+                self.chain_or_return(rip, code, executed, targets)
+            }
+        }
         self.flags = keep_flags;
         self.dirty = keep_dirty;
     }
 
+    fn load_ctx(&mut self, offset: usize) -> Value {
+        self.b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), self.ctx, offset as i32)
+    }
+
+    fn store_ctx(&mut self, v: Value, offset: usize) {
+        self.b
+            .ins()
+            .store(MemFlagsData::trusted(), v, self.ctx, offset as i32);
+    }
+
+    /// The constant `v` is defined as, if it is an `iconst`.
+    fn const_of(&self, v: Value) -> Option<u64> {
+        let dfg = &self.b.func.dfg;
+        match dfg.value_def(v) {
+            ValueDef::Result(inst, 0) => match dfg.insts[inst] {
+                InstructionData::UnaryImm {
+                    opcode: Opcode::Iconst,
+                    imm,
+                } => Some(imm.bits() as u64),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The index of the link cell for exit RIP `rip`, allocating one while any is free.
+    fn cell_for(&mut self, rip: u64) -> Option<usize> {
+        if let Some(i) = self.cells.iter().position(|&r| r == rip) {
+            return Some(i);
+        }
+        if self.cells.len() >= LINK_CELLS {
+            return None;
+        }
+        self.cells.push(rip);
+        Some(self.cells.len() - 1)
+    }
+
+    /// Host address of link cell `index` of this block.
+    fn cell_addr(&self, index: usize) -> i64 {
+        let cells = offset_of!(BlockMeta, cells) + index * std::mem::size_of::<LinkCell>();
+        (self.meta as i64).wrapping_add(cells as i64)
+    }
+
+    /// Ends a normal exit (state stored, next RIP `rip`): for each static candidate in
+    /// `targets` that `rip` may equal, tries the link cell of that RIP (see
+    /// [`JitEmitter::chain_try`]); otherwise returns `code`.
+    fn chain_or_return(&mut self, rip: Value, code: Value, executed: usize, targets: &[u64]) {
+        let known = self.const_of(rip);
+        for (n, &t) in targets.iter().enumerate() {
+            if targets[..n].contains(&t) || known.is_some_and(|k| k != t) {
+                continue;
+            }
+            let Some(cell) = self.cell_for(t) else {
+                continue;
+            };
+            if known.is_some() {
+                // The exit goes to `t`: no comparison, and nothing after the try.
+                self.chain_try(cell, executed, code);
+                return;
+            }
+            let try_block = self.b.create_block();
+            let next = self.b.create_block();
+            let eq = self.b.ins().icmp_imm_s(IntCC::Equal, rip, t as i64);
+            self.b.ins().brif(eq, try_block, &[], next, &[]);
+            self.b.switch_to_block(try_block);
+            self.chain_try(cell, executed, code);
+            self.b.switch_to_block(next);
+        }
+        self.b.ins().return_(&[code]);
+    }
+
+    /// Tail-calls the successor in link cell `cell` when the cell is of the current chain
+    /// epoch, `executed` plus its length fits the chain budget and no store of this block hit
+    /// a code page; then charges `executed` to the budget and counts the jump. Otherwise
+    /// records the cell for the dispatcher to fill and returns `code`.
+    fn chain_try(&mut self, cell: usize, executed: usize, code: Value) {
+        let addr = self.cell_addr(cell);
+        let cellp = self.b.ins().iconst(types::I64, addr);
+        let trusted = MemFlagsData::trusted();
+        let cell_epoch = self.b.ins().load(
+            types::I64,
+            trusted,
+            cellp,
+            offset_of!(LinkCell, epoch) as i32,
+        );
+        let cell_len =
+            self.b
+                .ins()
+                .load(types::I64, trusted, cellp, offset_of!(LinkCell, len) as i32);
+        let epoch = self.load_ctx(offset_of!(RunCtx<'_>, chain_epoch));
+        let budget = self.load_ctx(offset_of!(RunCtx<'_>, chain_budget));
+        let epoch_ok = self.b.ins().icmp(IntCC::Equal, cell_epoch, epoch);
+        let need = self.b.ins().iadd_imm_u(cell_len, executed as i64);
+        let fits = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedLessThanOrEqual, need, budget);
+        let mut ok = self.b.ins().band(epoch_ok, fits);
+        if self.any_store {
+            let written = self.load_ctx(offset_of!(RunCtx<'_>, code_written));
+            let clean = self.b.ins().icmp_imm_s(IntCC::Equal, written, 0);
+            ok = self.b.ins().band(ok, clean);
+        }
+        let go = self.b.create_block();
+        let back = self.b.create_block();
+        self.b.ins().brif(ok, go, &[], back, &[]);
+        self.b.switch_to_block(go);
+        let left = self.b.ins().iadd_imm_s(budget, -(executed as i64));
+        self.store_ctx(left, offset_of!(RunCtx<'_>, chain_budget));
+        let chained = self.load_ctx(offset_of!(RunCtx<'_>, chained));
+        let chained = self.b.ins().iadd_imm_u(chained, 1);
+        self.store_ctx(chained, offset_of!(RunCtx<'_>, chained));
+        let target = self.b.ins().load(
+            types::I64,
+            MemFlagsData::trusted(),
+            cellp,
+            offset_of!(LinkCell, target) as i32,
+        );
+        self.b
+            .ins()
+            .return_call_indirect(self.tail_sig, target, &[self.cpu, self.ctx]);
+        self.b.switch_to_block(back);
+        self.store_ctx(cellp, offset_of!(RunCtx<'_>, exit_cell));
+        self.b.ins().return_(&[code]);
+    }
+
+    /// The exit RIPs link cells were made for, by cell index.
+    pub(crate) fn cell_rips(&self) -> &[u64] {
+        &self.cells
+    }
+
     /// Ends the block here (normal exit): `executed` instructions completed, next RIP `rip`.
     pub(crate) fn exit_normal(&mut self, rip: Value, executed: usize) {
+        self.exit_to(rip, executed, &[]);
+    }
+
+    /// [`JitEmitter::exit_normal`] that chains to the successor's compiled code when `rip` is
+    /// one of the static `targets` and its link cell allows (see [`JitEmitter::chain_try`]).
+    pub(crate) fn exit_to(&mut self, rip: Value, executed: usize, targets: &[u64]) {
         let code = self
             .b
             .ins()
             .iconst(types::I64, encode_exit(executed, ExitKind::Normal, 0));
-        self.emit_exit(self.flags, rip, code);
+        let how = if targets.is_empty() {
+            Leave::Return
+        } else {
+            Leave::Chain { executed, targets }
+        };
+        self.emit_exit(self.flags, rip, code, how);
     }
 
-    /// Leaves when `target` != `next_ip`, else continues with the next instruction.
-    pub(crate) fn exit_unless_falls_to(&mut self, target: Value, next_ip: u64, executed: usize) {
+    /// Leaves when `target` != `next_ip` (chaining as [`JitEmitter::exit_to`] for `targets`),
+    /// else continues with the next instruction.
+    pub(crate) fn exit_unless_falls_to(
+        &mut self,
+        target: Value,
+        next_ip: u64,
+        executed: usize,
+        targets: &[u64],
+    ) {
         let next = self.b.ins().iconst(types::I64, next_ip as i64);
         let stay = self.b.ins().icmp(IntCC::Equal, target, next);
         let cont = self.b.create_block();
         let exit = self.b.create_block();
         self.b.ins().brif(stay, cont, &[], exit, &[]);
         self.b.switch_to_block(exit);
-        self.exit_normal(target, executed);
+        self.exit_to(target, executed, targets);
         self.b.switch_to_block(cont);
     }
 
@@ -313,7 +515,7 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
         let rip = self.b.ins().iconst(types::I64, rip as i64);
         let code = self.exit_code(exc);
         let code = self.b.ins().iconst(types::I64, code);
-        self.emit_exit(self.saved_flags, rip, code);
+        self.emit_exit(self.saved_flags, rip, code, Leave::Fault);
     }
 
     /// Branches to the instruction's cold fault exit with `exc` when `cond` != 0, then
@@ -352,7 +554,7 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
             let rip = self.b.ins().iconst(types::I64, p.rip as i64);
             // `dirty` is now the whole block's write set: a superset, and use_var yields each
             // register's value at the fault point, so extra stores write unchanged values.
-            self.emit_exit(p.flags, rip, code);
+            self.emit_exit(p.flags, rip, code, Leave::Fault);
         }
     }
 
@@ -657,6 +859,7 @@ impl Emitter for JitEmitter<'_, '_> {
 
     fn store(&mut self, addr: Value, v: Value, size: u8) -> Result<(), Exception> {
         self.stored = true;
+        self.any_store = true;
         if !matches!(size, 1 | 2 | 4 | 8) {
             self.store_helper(addr, v, size);
             return Ok(());

@@ -78,18 +78,19 @@ use crate::interp::BlockExit;
 use crate::mem::GuestMem;
 use crate::sem::{self, Emitter, Exception};
 use crate::state::{CpuMode, CpuState};
-use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::{isa::CallConv, Context};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Module};
-use emitter::{ExitKind, JitEmitter};
-use iced_x86::{FlowControl, Instruction};
-use runtime::RunCtx;
+use emitter::{block_signature, ExitKind, JitEmitter};
+use iced_x86::{FlowControl, Instruction, OpKind};
+use runtime::{BlockMeta, LinkCell, MetaBox, RunCtx};
 
-/// The host function of a compiled block.
-type BlockFn = unsafe extern "C" fn(*mut CpuState, *mut RunCtx<'_>) -> u64;
+/// The trampoline Rust enters compiled code through: calls the tail-convention block function
+/// at `entry` with `(cpu, ctx)` and returns its exit code (host calling convention).
+type TrampolineFn = unsafe extern "C" fn(*mut CpuState, *mut RunCtx<'_>, u64) -> u64;
 
 /// Why a block could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +159,12 @@ pub struct CompiledBlock {
     pub len: usize,
     /// Size of the host code in bytes.
     pub code_size: usize,
-    entry: BlockFn,
-    exceptions: Vec<Exception>,
+    /// Host address of the block function (tail calling convention: entered through
+    /// `trampoline`, or tail-called by a chained predecessor).
+    entry: u64,
+    trampoline: TrampolineFn,
+    /// Link cells and exception table at the address the code embeds.
+    meta: MetaBox,
 }
 
 impl CompiledBlock {
@@ -169,6 +174,22 @@ impl CompiledBlock {
         // keeps mapped (readable and executable) for the JIT's lifetime; nothing writes them.
         unsafe { std::slice::from_raw_parts(self.entry as *const u8, self.code_size) }
     }
+
+    /// Links `cell` (an exit cell some run reported, [`ChainedExit::exit_cell`]) to this block
+    /// for chain epoch `epoch`, if the cell's exit goes to this block's start.
+    ///
+    /// # Safety
+    /// `cell` must point to a link cell of a compiled block that is still alive.
+    pub(crate) unsafe fn link_from(&self, cell: *const LinkCell, epoch: u64) {
+        // SAFETY: the caller guarantees the cell is alive; cells are only accessed through
+        // shared references (their fields are `Cell`s), and no code runs meanwhile.
+        let cell = unsafe { &*cell };
+        if cell.rip.get() == self.key.start {
+            cell.target.set(self.entry);
+            cell.len.set(self.len as u64);
+            cell.epoch.set(epoch);
+        }
+    }
 }
 
 /// The Cranelift JIT: a host ISA, a code module and reusable compilation contexts.
@@ -177,6 +198,7 @@ pub struct Jit {
     ctx: Context,
     fctx: FunctionBuilderContext,
     call_conv: CallConv,
+    trampoline: TrampolineFn,
 }
 
 /// How one compilation attempt ended without a function.
@@ -212,14 +234,60 @@ impl Jit {
             .finish(settings::Flags::new(flags))
             .map_err(|e| JitError::Isa(e.to_string()))?;
         let call_conv = isa.default_call_conv();
-        let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
-        let ctx = module.make_context();
+        let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let mut ctx = module.make_context();
+        let mut fctx = FunctionBuilderContext::new();
+        let trampoline = Self::compile_trampoline(&mut module, &mut ctx, &mut fctx)?;
         Ok(Jit {
             module,
             ctx,
-            fctx: FunctionBuilderContext::new(),
+            fctx,
             call_conv,
+            trampoline,
         })
+    }
+
+    /// Compiles the trampoline `(cpu, ctx, entry) -> call entry(cpu, ctx)` in the host
+    /// calling convention: Rust cannot call a tail-convention function itself.
+    fn compile_trampoline(
+        module: &mut JITModule,
+        ctx: &mut Context,
+        fctx: &mut FunctionBuilderContext,
+    ) -> Result<TrampolineFn, JitError> {
+        let codegen = |e: String| JitError::Codegen(format!("trampoline: {e}"));
+        module.clear_context(ctx);
+        let mut sig = module.make_signature();
+        for _ in 0..3 {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        sig.returns.push(AbiParam::new(types::I64));
+        ctx.func.signature = sig.clone();
+        ctx.func.name = UserFuncName::user(0, 1);
+        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+        let block = b.create_block();
+        b.append_block_params_for_function_params(block);
+        b.switch_to_block(block);
+        let p = b.block_params(block).to_vec();
+        let tail = b.import_signature(block_signature());
+        let call = b.ins().call_indirect(tail, p[2], &[p[0], p[1]]);
+        let code = b.inst_results(call)[0];
+        b.ins().return_(&[code]);
+        b.seal_all_blocks();
+        b.finalize(module.isa().frontend_config());
+        let id = module
+            .declare_anonymous_function(&sig)
+            .map_err(|e| codegen(e.to_string()))?;
+        module
+            .define_function(id, ctx)
+            .map_err(|e| codegen(format!("{e:?}")))?;
+        module
+            .finalize_definitions()
+            .map_err(|e| codegen(e.to_string()))?;
+        let code = module.get_finalized_function(id);
+        // SAFETY: `code` is the finalized entry of a function with exactly this signature
+        // (three i64/pointer arguments, one i64 result, the host's default C calling
+        // convention); cranelift-jit never unmaps finalized code.
+        Ok(unsafe { std::mem::transmute::<*const u8, TrampolineFn>(code) })
     }
 
     /// Compiles the longest compilable prefix of `insns` for a CPU in `cpu`'s current mode,
@@ -258,19 +326,17 @@ impl Jit {
         key: BlockKey,
     ) -> Result<CompiledBlock, Attempt> {
         self.module.clear_context(&mut self.ctx);
-        let ptr = types::I64;
-        let mut sig = self.module.make_signature();
-        sig.params.push(AbiParam::new(ptr));
-        sig.params.push(AbiParam::new(ptr));
-        sig.returns.push(AbiParam::new(types::I64));
+        let sig = block_signature();
         self.ctx.func.signature = sig.clone();
         self.ctx.func.name = UserFuncName::user(0, 0);
 
         let frontend = self.module.isa().frontend_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let mut meta = MetaBox::new();
         let mut e = JitEmitter::new(
             &mut b,
             self.call_conv,
+            meta.as_ptr(),
             key.code_bits,
             key.stack_bits,
             key.cpl,
@@ -296,17 +362,20 @@ impl Jit {
                         };
                         e.exit_if_code_written(rip, i + 1);
                     }
+                    let targets = static_targets(insn);
                     match (jump, insns.get(i + 1)) {
-                        (Some(t), Some(next)) => e.exit_unless_falls_to(t, next.ip(), i + 1),
+                        (Some(t), Some(next)) => {
+                            e.exit_unless_falls_to(t, next.ip(), i + 1, &targets)
+                        }
                         (Some(t), None) => {
-                            e.exit_normal(t, i + 1);
+                            e.exit_to(t, i + 1, &targets);
                             break;
                         }
                         (None, Some(next)) if next.ip() == insn.next_ip() => {}
                         (None, _) => {
                             // End of the list, or the list is not contiguous (run_block stops).
                             let rip = e.imm(insn.next_ip());
-                            e.exit_normal(rip, i + 1);
+                            e.exit_to(rip, i + 1, &[insn.next_ip()]);
                             break;
                         }
                     }
@@ -321,7 +390,11 @@ impl Jit {
         }
         e.finish_exits();
         let exceptions = std::mem::take(&mut e.exceptions);
+        for (cell, &rip) in meta.get().cells.iter().zip(e.cell_rips()) {
+            cell.rip.set(rip);
+        }
         drop(e);
+        meta.set_exceptions(exceptions);
         b.seal_all_blocks();
         b.finalize(frontend);
         log::trace!(
@@ -346,17 +419,14 @@ impl Jit {
         self.module
             .finalize_definitions()
             .map_err(|e| fatal(e.to_string()))?;
-        let code = self.module.get_finalized_function(id);
-        // SAFETY: `code` is the finalized entry of a function with exactly this signature
-        // (two pointer arguments, one i64 result, the host's default C calling convention);
-        // cranelift-jit never unmaps finalized code, so the pointer stays valid.
-        let entry = unsafe { std::mem::transmute::<*const u8, BlockFn>(code) };
+        let entry = self.module.get_finalized_function(id) as u64;
         Ok(CompiledBlock {
             key,
             len,
             code_size,
             entry,
-            exceptions,
+            trampoline: self.trampoline,
+            meta,
         })
     }
 }
@@ -366,41 +436,90 @@ impl Jit {
 ///
 /// A block whose first instruction is not at `cpu.rip` executes nothing (as `run_block`); one
 /// compiled for another mode (key mismatch) reports [`Exception::Internal`] without running.
+/// Never chains to other blocks (that is the engine's [`run_chained`]).
 pub fn run_compiled(
     cpu: &mut CpuState,
     mem: &mut dyn GuestMem,
     block: &CompiledBlock,
 ) -> BlockExit {
-    if cpu.rip != block.key.start {
-        return BlockExit {
+    // SAFETY: a chain budget of 0 never lets the code follow a link cell.
+    unsafe { run_chained(cpu, mem, block, 0, 0) }.exit
+}
+
+/// What [`run_chained`] did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChainedExit {
+    /// The whole run, as `run_block` over all the blocks it executed back to back would
+    /// report it (executed: every chained block's instructions plus the last one's).
+    pub exit: BlockExit,
+    /// Chain jumps taken in compiled code.
+    pub chained: u64,
+    /// The link cell of the chainable exit the run returned through without chaining (null
+    /// when it left otherwise): link it to the next block once the dispatcher has it.
+    pub exit_cell: *const LinkCell,
+}
+
+/// [`run_compiled`] that lets the code jump from block to block through their link cells while
+/// the cells are of chain epoch `epoch` and at most `budget` instructions run in all
+/// (0: no chaining).
+///
+/// # Safety
+/// Every link cell of every compiled block whose epoch is `epoch` must name the code of a
+/// block that is alive (not dropped) and was compiled for `block`'s mode: the engine starts a
+/// new epoch whenever it drops a block.
+pub(crate) unsafe fn run_chained(
+    cpu: &mut CpuState,
+    mem: &mut dyn GuestMem,
+    block: &CompiledBlock,
+    budget: u64,
+    epoch: u64,
+) -> ChainedExit {
+    let nothing = |exception| ChainedExit {
+        exit: BlockExit {
             executed: 0,
-            exception: None,
+            exception,
             code_written: false,
-        };
+        },
+        chained: 0,
+        exit_cell: std::ptr::null(),
+    };
+    if cpu.rip != block.key.start {
+        return nothing(None);
     }
     if BlockKey::of(cpu) != block.key {
-        return BlockExit {
-            executed: 0,
-            exception: Some(Exception::Internal(
-                "compiled block run in another CPU mode",
-            )),
-            code_written: false,
-        };
+        return nothing(Some(Exception::Internal(
+            "compiled block run in another CPU mode",
+        )));
     }
     let mut ctx = RunCtx::new(mem);
-    // SAFETY: the entry was compiled for this signature; `cpu` and `ctx` are exclusive borrows
-    // alive for the call, and the code only accesses CpuState fields at their offset_of!
-    // offsets and RunCtx through its u64 fields and the helpers.
-    let code = unsafe { (block.entry)(cpu, &mut ctx) };
-    let executed = (code & 0xffff_ffff) as usize;
+    ctx.chain_budget = budget;
+    ctx.chain_epoch = epoch;
+    // SAFETY: the trampoline calls the block function (compiled for the tail-call signature
+    // `(cpu, ctx) -> i64`) at `entry`; `cpu` and `ctx` are exclusive borrows alive for the
+    // call, and the code only accesses CpuState fields at their offset_of! offsets, RunCtx
+    // through its u64 fields and the helpers, and link cells of live blocks (the caller's
+    // promise for `epoch`; none at all for a budget of 0).
+    let code = unsafe { (block.trampoline)(cpu, &mut ctx, block.entry) };
+    let last = (code & 0xffff_ffff) as usize;
+    let chained_insns = budget.wrapping_sub(ctx.chain_budget);
+    let executed = usize::try_from(chained_insns)
+        .unwrap_or(usize::MAX)
+        .saturating_add(last);
     let kind = (code >> 32) & 0xff;
     let exception = if kind == ExitKind::Normal as u64 {
         None
     } else if kind == ExitKind::Exception as u64 {
         let index = usize::try_from(code >> 40).unwrap_or(usize::MAX);
+        let meta = ctx.exc_meta as *const BlockMeta;
+        let table = if meta.is_null() {
+            &block.meta.get().exceptions
+        } else {
+            // SAFETY: the block that raised stored its own meta's address, and it is alive:
+            // `block` itself or a block reached through a link of the current epoch.
+            unsafe { &(*meta).exceptions }
+        };
         Some(
-            block
-                .exceptions
+            table
                 .get(index)
                 .copied()
                 .unwrap_or(Exception::Internal("bad exception index from a block")),
@@ -411,11 +530,51 @@ pub fn run_compiled(
             None => Exception::Internal("memory exit without a recorded fault"),
         })
     };
-    BlockExit {
-        executed,
-        exception,
-        code_written: ctx.code_written != 0,
+    let exit_cell = if exception.is_none() {
+        ctx.exit_cell as *const LinkCell
+    } else {
+        std::ptr::null()
+    };
+    ChainedExit {
+        exit: BlockExit {
+            executed,
+            exception,
+            code_written: ctx.code_written != 0,
+        },
+        chained: ctx.chained,
+        exit_cell,
     }
+}
+
+/// The RIPs a block ending in `insn` may continue at that are known at translation time:
+/// the target of a direct near branch or call, the fall-through of a conditional branch or
+/// of an ordinary instruction, and a REP instruction's own address (its next element). Exits
+/// compare the run-time RIP with these, so a wrong guess only costs a comparison.
+fn static_targets(insn: &Instruction) -> Vec<u64> {
+    let mut out = Vec::with_capacity(2);
+    let near = matches!(
+        insn.op0_kind(),
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+    );
+    match insn.flow_control() {
+        FlowControl::ConditionalBranch => {
+            if near {
+                out.push(insn.near_branch_target());
+            }
+            out.push(insn.next_ip());
+        }
+        FlowControl::UnconditionalBranch | FlowControl::Call if near => {
+            out.push(insn.near_branch_target());
+        }
+        FlowControl::Next => {
+            out.push(insn.next_ip());
+            if insn.has_rep_prefix() || insn.has_repne_prefix() {
+                out.push(insn.ip());
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 /// Bytes in a guest page (blocks do not cross one, so a code-page write invalidates whole

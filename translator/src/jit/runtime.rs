@@ -11,6 +11,8 @@ use crate::mem::GuestMem;
 use crate::mmu::tlb::TLB_ENTRIES;
 use crate::mmu::TlbEntry;
 use crate::sem::Exception;
+use std::cell::Cell;
+use std::ptr::NonNull;
 
 /// A TLB half with no valid slot: the table generated code reads when the memory has no fast
 /// path (or none for that access kind), so every access takes the helper without a null check.
@@ -50,6 +52,20 @@ pub struct RunCtx<'a> {
     pub tlb_read: *const TlbEntry,
     /// The write half ([`crate::mmu::FastPath::write`]), never null, as `tlb_read`.
     pub tlb_write: *const TlbEntry,
+    /// Instructions chained blocks may still run: a block jumps to a linked successor only
+    /// when its own executed count plus the successor's length fits, and then subtracts its
+    /// count (0: no chaining; see [`crate::jit`], "Chaining").
+    pub chain_budget: u64,
+    /// The engine's chain epoch: a link cell is used only when its epoch equals this.
+    pub chain_epoch: u64,
+    /// Chain jumps taken in compiled code during this run.
+    pub chained: u64,
+    /// The link cell of the chainable exit the run returned through without chaining
+    /// (a `*const LinkCell`; 0 when the last exit was not chainable): the dispatcher fills it.
+    pub exit_cell: u64,
+    /// The `*const BlockMeta` of the block that left through an exception exit (whose table
+    /// the exit code indexes); 0 until one does.
+    pub exc_meta: u64,
     /// The memory fault (page fault, unbacked access, ...) that ended the block, if any.
     pub fault: Option<Exception>,
     /// Guest memory the helpers access.
@@ -67,11 +83,93 @@ impl<'a> RunCtx<'a> {
             div_q: 0,
             div_r: 0,
             code_written: 0,
+            chain_budget: 0,
+            chain_epoch: 0,
+            chained: 0,
+            exit_cell: 0,
+            exc_meta: 0,
             tlb_read: table_or_empty(f.read),
             tlb_write: table_or_empty(f.write),
             fault: None,
             mem,
         }
+    }
+}
+
+/// A compiled block's link to the successor at one static exit RIP, read by the block's code
+/// at its embedded address: chain to `target` when `epoch` is the current chain epoch and
+/// `len` instructions still fit the budget. Written only by the dispatcher, between runs.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct LinkCell {
+    /// Host entry of the successor's compiled code (a tail-call-convention block function).
+    pub target: Cell<u64>,
+    /// The chain epoch the link was made in (0: never; epochs start at 1).
+    pub epoch: Cell<u64>,
+    /// The successor's compiled length (instructions).
+    pub len: Cell<u64>,
+    /// The guest RIP of the exit this cell serves (constant after compilation): the
+    /// dispatcher only links a block that starts there.
+    pub rip: Cell<u64>,
+}
+
+/// Link cells per compiled block (one per distinct static exit RIP; further exits return).
+pub const LINK_CELLS: usize = 4;
+
+/// What compiled code reaches of its block at a fixed address: the link cells and the
+/// exception table (both outlive every run of the block; see [`MetaBox`]).
+#[derive(Debug, Default)]
+pub struct BlockMeta {
+    /// The exit links, by first use in the block.
+    pub cells: [LinkCell; LINK_CELLS],
+    /// Exceptions side exits raise, indexed by the exit code.
+    pub exceptions: Vec<Exception>,
+}
+
+/// An owned [`BlockMeta`] at a stable heap address that code may embed. Held as a raw
+/// pointer (not a `Box`) because compiled code and the dispatcher access it through copies of
+/// that pointer while the owner moves around.
+#[derive(Debug)]
+pub struct MetaBox(NonNull<BlockMeta>);
+
+impl MetaBox {
+    /// A fresh meta with empty cells and no exceptions.
+    pub fn new() -> Self {
+        MetaBox(NonNull::from(Box::leak(Box::default())))
+    }
+
+    /// The address compiled code embeds.
+    pub fn as_ptr(&self) -> *const BlockMeta {
+        self.0.as_ptr()
+    }
+
+    /// Shared access (the cells are `Cell`s: written through shared references).
+    pub fn get(&self) -> &BlockMeta {
+        // SAFETY: the pointer came from Box::leak and is freed only in Drop; nothing creates a
+        // mutable reference to it after construction except `set_exceptions` (exclusive).
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Installs the exception table (once, before any code of the block runs).
+    pub fn set_exceptions(&mut self, exceptions: Vec<Exception>) {
+        // SAFETY: `&mut self`: no other reference to the meta exists in Rust, and the block's
+        // code has not run yet (or is not running: runs borrow the block).
+        unsafe { self.0.as_mut().exceptions = exceptions }
+    }
+}
+
+impl Default for MetaBox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for MetaBox {
+    fn drop(&mut self) {
+        // SAFETY: allocated by Box in `new`, freed once here. Code that embeds the address is
+        // never entered after its block is dropped: chain links name it only in an epoch the
+        // engine ends on every invalidation and flush.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
     }
 }
 
