@@ -80,6 +80,7 @@
 //!   recomputes the mode key and builds a `RunCtx` per block).
 
 pub mod demo_kernel;
+mod jump_cache;
 
 use crate::interp::{self, BlockExit};
 use crate::jit::{decode_block, run_compiled, BlockKey, CompiledBlock, Jit, JitError};
@@ -87,6 +88,7 @@ use crate::mem::GuestMem;
 use crate::sem::Exception;
 use crate::state::CpuState;
 use iced_x86::Instruction;
+use jump_cache::JumpCache;
 use std::collections::HashMap;
 
 /// Executions after which [`TierPolicy::Adaptive`] compiles a block by default.
@@ -162,6 +164,8 @@ pub struct EngineStats {
     pub dispatches: u64,
     /// Dispatches whose block was found through the predecessor's successor memo.
     pub chain_hits: u64,
+    /// Dispatches whose block was found in the jump cache (memo missed).
+    pub jump_cache_hits: u64,
     /// Dispatches whose block was found in the cache's hash map.
     pub cache_hits: u64,
     /// Instructions executed by the interpreter tier.
@@ -284,6 +288,8 @@ pub struct Engine {
     stops: Vec<(u64, u64)>,
     /// Where translations are reported, when someone asked.
     log: Option<Box<dyn TranslationLog>>,
+    /// Block start → slot for dispatches the successor memos miss (see [`jump_cache`]).
+    jumps: JumpCache,
     stats: EngineStats,
 }
 
@@ -308,6 +314,7 @@ impl Engine {
             epoch: 0,
             stops: Vec::new(),
             log: None,
+            jumps: JumpCache::new(),
             stats: EngineStats::default(),
         })
     }
@@ -402,6 +409,13 @@ impl Engine {
                     self.stats.chain_hits += 1;
                     s
                 }
+                None if let Some((s, phys)) = self.jumps.get(&block).filter(|_| self.chaining) => {
+                    self.stats.jump_cache_hits += 1;
+                    if let Some(p) = prev {
+                        self.link(p, CacheKey { phys, block }, s);
+                    }
+                    s
+                }
                 None => {
                     let linear = fetch_linear_of(&block, cs_base, cpu.rip);
                     let key = match mem.code_phys(linear) {
@@ -431,6 +445,7 @@ impl Engine {
                     if let Some(p) = prev {
                         self.link(p, key, s);
                     }
+                    self.jumps.insert(block, s, key.phys);
                     s
                 }
             };
@@ -501,6 +516,7 @@ impl Engine {
     /// as a TLB entry, which the CPU may also keep using until it is flushed.
     pub fn new_translation_epoch(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
+        self.jumps.clear();
     }
 
     /// Decodes the block at CS:RIP into a new cache entry.
@@ -656,10 +672,11 @@ impl Engine {
             self.free.push(s);
         }
         if !victims.is_empty() {
-            // Memos may name a freed (soon reused) slot.
+            // Memos and the jump cache may name a freed (soon reused) slot.
             for entry in self.slots.iter_mut().flatten() {
                 entry.next = [None, None];
             }
+            self.jumps.clear();
             self.stats.blocks_invalidated += victims.len() as u64;
             log::debug!(
                 "engine: invalidated {} blocks in {phys_start:#x}+{len:#x}",
@@ -677,6 +694,7 @@ impl Engine {
         self.free.clear();
         self.index.clear();
         self.pages.clear();
+        self.jumps.clear();
         n
     }
 }
