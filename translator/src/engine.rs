@@ -80,6 +80,7 @@
 //!   recomputes the mode key and builds a `RunCtx` per block).
 
 pub mod demo_kernel;
+mod fast_hash;
 mod jump_cache;
 
 use crate::interp::{self, BlockExit};
@@ -87,9 +88,9 @@ use crate::jit::{decode_block, run_compiled, BlockKey, CompiledBlock, Jit, JitEr
 use crate::mem::GuestMem;
 use crate::sem::Exception;
 use crate::state::CpuState;
+use fast_hash::FastMap;
 use iced_x86::Instruction;
 use jump_cache::JumpCache;
-use std::collections::HashMap;
 
 /// Executions after which [`TierPolicy::Adaptive`] compiles a block by default.
 ///
@@ -277,9 +278,9 @@ pub struct Engine {
     /// Free slots to reuse.
     free: Vec<u32>,
     /// Key → slot.
-    index: HashMap<CacheKey, u32>,
+    index: FastMap<CacheKey, u32>,
     /// Guest-physical page → slots with bytes on it (invalidation).
-    pages: HashMap<u64, Vec<u32>>,
+    pages: FastMap<u64, Vec<u32>>,
     /// Scratch for the code pages the memory reports written.
     written_pages: Vec<u64>,
     /// Current translation epoch (see [`Engine::new_translation_epoch`]).
@@ -308,8 +309,8 @@ impl Engine {
             chaining: true,
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
-            pages: HashMap::new(),
+            index: FastMap::default(),
+            pages: FastMap::default(),
             written_pages: Vec::new(),
             epoch: 0,
             stops: Vec::new(),
