@@ -846,7 +846,8 @@ impl BtVcpu {
         self.stats
             .set_counter("code_page_writes", e.code_page_writes);
         self.stats.set_counter("dispatches", e.dispatches);
-        self.stats.set_counter("insns_interpreted", e.insns_interpreted);
+        self.stats
+            .set_counter("insns_interpreted", e.insns_interpreted);
         self.stats.set_counter("insns_compiled", e.insns_compiled);
     }
 }
