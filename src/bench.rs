@@ -541,13 +541,13 @@ fn from_ringzero(c: Column) -> Col {
 
 /// `ringzero bench`.
 pub fn bench(args: BenchArgs) -> Result<u8> {
-    let workloads = parse_workloads(&args.workloads)?;
+    let workloads = parse_workloads(&args.run.workloads)?;
     let guest = Guest::load(
-        args.kernel.as_deref(),
-        args.initrd.as_deref(),
-        args.mem,
+        args.run.kernel.as_deref(),
+        args.run.initrd.as_deref(),
+        args.run.mem,
         &workloads,
-        args.quick,
+        args.run.quick,
     )?;
     let rzbench = args.rzbench.clone().unwrap_or_else(|| {
         guest
@@ -558,33 +558,45 @@ pub fn bench(args: BenchArgs) -> Result<u8> {
     });
     let mut columns = vec![(
         NATIVE.to_string(),
-        run_native(&rzbench, &workloads, args.quick, args.timeout, args.quiet),
+        run_native(
+            &rzbench,
+            &workloads,
+            args.run.quick,
+            args.run.timeout,
+            args.run.quiet,
+        ),
     )];
     for accel in [Accel::Bt, Accel::Kvm] {
         let c = compare::run_ringzero(
             accel,
             (args.kvm_on_pvm, "--kvm-on-pvm"),
             &guest,
-            args.timeout,
+            args.run.timeout,
             "bench",
-            args.quiet,
+            args.run.quiet,
         );
         columns.push((accel_name(accel).to_string(), from_ringzero(c)));
     }
     if args.peers {
         for kvm in [false, true] {
             let name = if kvm { QEMU_KVM } else { QEMU_TCG };
-            let c = run_qemu(kvm, args.kvm_on_pvm, &guest, args.timeout, args.quiet);
+            let c = run_qemu(
+                kvm,
+                args.kvm_on_pvm,
+                &guest,
+                args.run.timeout,
+                args.run.quiet,
+            );
             columns.push((name.to_string(), c));
         }
     }
     let run = BenchRun {
-        quick: args.quick,
+        quick: args.run.quick,
         workloads,
         columns,
     };
     print!("{}", run.render());
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.run.json {
         std::fs::write(path, run.to_json())
             .with_context(|| format!("cannot write --json {}", path.display()))?;
     }

@@ -845,5 +845,10 @@ impl BtVcpu {
             .set_counter("blocks_invalidated", e.blocks_invalidated);
         self.stats
             .set_counter("code_page_writes", e.code_page_writes);
+        self.stats.set_counter("dispatches", e.dispatches);
+        self.stats.set_counter("chained", e.chained);
+        self.stats
+            .set_counter("insns_interpreted", e.insns_interpreted);
+        self.stats.set_counter("insns_compiled", e.insns_compiled);
     }
 }

@@ -73,13 +73,11 @@ skipped on PVM (/sys/module/kvm_pvm) unless --kvm-on-pvm. Exit status: 0 when ev
 ran ended normally and the checksums agree; 1 otherwise; 2 on a usage or host error. See
 docs/bench.md.";
 
-/// Arguments of `ringzero bench`.
-#[derive(Debug, Parser)]
-pub struct BenchArgs {
-    /// Also run QEMU (TCG, and KVM where /dev/kvm is usable) as peers.
-    #[arg(long)]
-    pub peers: bool,
-    /// Workloads: all, or comma-separated names (as for compare).
+/// What `ringzero compare` and `ringzero bench` run: the guest, its workloads and the output.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkloadArgs {
+    /// Workloads: all, or comma-separated names (cpu-int, mem-walk, getppid, mmap-munmap,
+    /// fork-wait, file-io, pipe-io).
     #[arg(long, value_name = "all|NAME[,NAME...]", default_value = "all")]
     pub workloads: String,
     /// Run the workloads' small sizes (rzbench --quick).
@@ -91,24 +89,35 @@ pub struct BenchArgs {
     /// Initramfs holding /bin/rzbench (default: the yardstick's).
     #[arg(long, value_name = "PATH", requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    /// The host rzbench for the native column (default: beside the kernel).
-    #[arg(long, value_name = "PATH")]
-    pub rzbench: Option<PathBuf>,
-    /// Guest RAM (default: 256M with --quick, 1G otherwise).
+    /// Guest RAM (default: 256M with --quick, 1G otherwise; full mem-walk needs 512M+).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub mem: Option<u64>,
-    /// Write the table as one JSON object to PATH (docs/bench.md).
+    /// Write the table as one JSON object to PATH (docs/compare.md, docs/bench.md).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
-    /// Stop each column's run after this long.
+    /// Stop each run after this long.
     #[arg(long, value_name = "DURATION", default_value = "900s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Run the KVM columns even when /dev/kvm is PVM.
-    #[arg(long)]
-    pub kvm_on_pvm: bool,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Arguments of `ringzero bench`.
+#[derive(Debug, Parser)]
+pub struct BenchArgs {
+    /// Also run QEMU (TCG, and KVM where /dev/kvm is usable) as peers.
+    #[arg(long)]
+    pub peers: bool,
+    /// The guest, workloads and output.
+    #[command(flatten)]
+    pub run: WorkloadArgs,
+    /// The host rzbench for the native column (default: beside the kernel).
+    #[arg(long, value_name = "PATH")]
+    pub rzbench: Option<PathBuf>,
+    /// Run the KVM columns even when /dev/kvm is PVM.
+    #[arg(long)]
+    pub kvm_on_pvm: bool,
 }
 
 const COMPARE_AFTER_HELP: &str = "\
@@ -127,34 +136,12 @@ pub struct CompareArgs {
     /// Backends to compare, comma-separated (bt, kvm). Default: bt,kvm (kvm skipped on PVM).
     #[arg(long, value_name = "NAME[,NAME...]")]
     pub backends: Option<String>,
-    /// Workloads: all, or comma-separated names (cpu-int, mem-walk, getppid, mmap-munmap,
-    /// fork-wait, file-io, pipe-io).
-    #[arg(long, value_name = "all|NAME[,NAME...]", default_value = "all")]
-    pub workloads: String,
-    /// Run the workloads' small sizes (rzbench --quick).
-    #[arg(long)]
-    pub quick: bool,
-    /// Linux bzImage (default: the yardstick from test-images/linux/build.sh --print-paths).
-    #[arg(long, value_name = "PATH", requires = "initrd")]
-    pub kernel: Option<PathBuf>,
-    /// Initramfs holding /bin/rzbench (default: the yardstick's).
-    #[arg(long, value_name = "PATH", requires = "kernel")]
-    pub initrd: Option<PathBuf>,
-    /// Guest RAM (default: 256M with --quick, 1G otherwise; full mem-walk needs 512M+).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub mem: Option<u64>,
-    /// Write the comparison as one JSON object to PATH (docs/compare.md).
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
-    /// Stop each backend's run after this long.
-    #[arg(long, value_name = "DURATION", default_value = "900s", value_parser = parse_duration)]
-    pub timeout: Duration,
+    /// The guest, workloads and output.
+    #[command(flatten)]
+    pub run: WorkloadArgs,
     /// Write an SVG bar chart of the bt/kvm ratios to PATH (absolute times if one backend ran).
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
-    /// No progress lines on stderr.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 const LOCKSTEP_AFTER_HELP: &str = "\

@@ -766,14 +766,14 @@ pub(crate) fn run_ringzero(
 
 /// `ringzero compare`.
 pub fn compare(args: CompareArgs) -> Result<u8> {
-    let workloads = parse_workloads(&args.workloads)?;
+    let workloads = parse_workloads(&args.run.workloads)?;
     let (backends, explicit) = parse_backends(args.backends.as_deref())?;
     let guest = Guest::load(
-        args.kernel.as_deref(),
-        args.initrd.as_deref(),
-        args.mem,
+        args.run.kernel.as_deref(),
+        args.run.initrd.as_deref(),
+        args.run.mem,
         &workloads,
-        args.quick,
+        args.run.quick,
     )?;
     let mut columns = Vec::new();
     for accel in backends {
@@ -781,19 +781,19 @@ pub fn compare(args: CompareArgs) -> Result<u8> {
             accel,
             (explicit, "--backends kvm"),
             &guest,
-            args.timeout,
+            args.run.timeout,
             "compare",
-            args.quiet,
+            args.run.quiet,
         );
         columns.push((accel_name(accel).to_string(), col));
     }
     let cmp = Comparison {
-        quick: args.quick,
+        quick: args.run.quick,
         workloads,
         columns,
     };
     print!("{}", cmp.render());
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.run.json {
         std::fs::write(path, cmp.to_json())
             .with_context(|| format!("cannot write --json {}", path.display()))?;
     }

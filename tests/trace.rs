@@ -4,32 +4,14 @@
 
 mod common;
 
-use common::{ringzero, status, stderr, tempdir};
+use common::{demo_trace_jsonl, ringzero, status, stderr, tempdir};
 use ringzero::images;
 use serde_json::Value;
 
-/// Runs the demo under BT with the trace in JSON Lines and `extra` arguments; the records.
+/// The demo's trace under BT with `extra` arguments, parsed.
 fn demo_trace(extra: &[&str]) -> Vec<Value> {
-    let d = tempdir();
-    let path = d.path().join("trace.jsonl");
-    let mut args = vec![
-        "run",
-        "--accel",
-        "bt",
-        "--serial",
-        "none",
-        "--trace",
-        "insn",
-        "--trace-format",
-        "jsonl",
-        "--trace-file",
-        path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let o = ringzero(&args);
-    assert_eq!(status(&o), images::DEMO_EXIT_STATUS, "{}", stderr(&o));
-    let text = std::fs::read_to_string(&path).expect("trace file");
-    text.lines()
+    demo_trace_jsonl("bt", extra)
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }

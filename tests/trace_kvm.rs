@@ -6,37 +6,15 @@
 
 mod common;
 
-use common::{kvm_or_skip, ringzero, status, stderr, tempdir};
+use common::{demo_trace_jsonl, kvm_or_skip, ringzero, status, stderr};
 use ringzero::images;
 
-/// Runs the demo on `accel` with the trace in JSON Lines and `extra` filter arguments; the
-/// trace's lines.
+/// The demo's trace on `accel` with `extra` filter arguments: its lines (BT-only keys removed).
 fn demo_trace(accel: &str, extra: &[&str]) -> Vec<String> {
-    let d = tempdir();
-    let path = d.path().join("trace.jsonl");
-    let mut args = vec![
-        "run",
-        "--accel",
-        accel,
-        "--serial",
-        "none",
-        "--trace",
-        "insn",
-        "--trace-format",
-        "jsonl",
-        "--trace-file",
-        path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let o = ringzero(&args);
-    assert_eq!(
-        status(&o),
-        images::DEMO_EXIT_STATUS,
-        "{accel}: {}",
-        stderr(&o)
-    );
-    let text = std::fs::read_to_string(&path).expect("trace file");
-    text.lines().map(without_trap).collect()
+    demo_trace_jsonl(accel, extra)
+        .lines()
+        .map(without_trap)
+        .collect()
 }
 
 /// A record without its `"trap"` key: the BT marks instructions its monitor ran, KVM has no

@@ -125,3 +125,32 @@ pub fn yardstick() -> (String, String) {
     let kernel = lines.next().expect("vmlinuz path").to_string();
     (kernel, initrd)
 }
+
+/// Runs the built-in demo on `accel` with the instruction trace in JSON Lines and `extra`
+/// arguments (filters); asserts the demo passed and returns the trace's text.
+pub fn demo_trace_jsonl(accel: &str, extra: &[&str]) -> String {
+    let d = tempdir();
+    let path = d.path().join("trace.jsonl");
+    let mut args = vec![
+        "run",
+        "--accel",
+        accel,
+        "--serial",
+        "none",
+        "--trace",
+        "insn",
+        "--trace-format",
+        "jsonl",
+        "--trace-file",
+        path.to_str().expect("utf-8 temp path"),
+    ];
+    args.extend_from_slice(extra);
+    let o = ringzero(&args);
+    assert_eq!(
+        status(&o),
+        ringzero::images::DEMO_EXIT_STATUS,
+        "{accel}: {}",
+        stderr(&o)
+    );
+    std::fs::read_to_string(&path).expect("trace file")
+}
