@@ -241,6 +241,14 @@ impl BtVcpu {
     /// recorded.
     pub fn set_tracer(&mut self, tracer: Tracer) {
         self.tracer = Some(tracer);
+        // One record per element, as KVM's single-step retires REP strings.
+        self.mem.set_precise_strings(true);
+    }
+
+    /// REP MOVS/STOS one element per instruction (`true`) or, by default, in bulk per page
+    /// ([`SystemMem::set_precise_strings`]).
+    pub fn set_precise_strings(&mut self, on: bool) {
+        self.mem.set_precise_strings(on);
     }
 
     /// Reports every translation from now on to `log` (the trace's translation log).

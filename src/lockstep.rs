@@ -430,9 +430,14 @@ impl Write for RingLog {
     }
 }
 
+/// The BT vCPU of `m`, with REP strings one element per instruction (as KVM single-steps
+/// them, and so that a traced replay counts as the untraced run did).
 fn bt_of(m: &mut Machine) -> Result<&mut BtVcpu, LockstepError> {
     match &mut m.cpu {
-        MachineCpu::Bt(v) => Ok(v),
+        MachineCpu::Bt(v) => {
+            v.set_precise_strings(true);
+            Ok(v)
+        }
         MachineCpu::Kvm(_) => Err(LockstepError::Usage("expected a BT machine".into())),
     }
 }
@@ -444,7 +449,10 @@ fn bt_io(m: &mut Machine) -> Result<(IoBuses<'_>, &mut BtVcpu), LockstepError> {
         mmio: &m.mmio,
     };
     match &mut m.cpu {
-        MachineCpu::Bt(v) => Ok((io, v)),
+        MachineCpu::Bt(v) => {
+            v.set_precise_strings(true);
+            Ok((io, v))
+        }
         MachineCpu::Kvm(_) => Err(LockstepError::Usage("expected a BT machine".into())),
     }
 }

@@ -195,6 +195,18 @@ impl Emitter for Interp<'_> {
         self.jump = Some(target);
     }
 
+    fn string_bulk(
+        &mut self,
+        op: crate::mem::StringOp,
+        size: u8,
+        src: u64,
+        dst: u64,
+        count: u64,
+        value: u64,
+    ) -> u64 {
+        self.mem.string_bulk(op, size, src, dst, count, value)
+    }
+
     fn load(&mut self, addr: u64, size: u8) -> Result<u64, Exception> {
         let mut buf = [0u8; 8];
         let n = usize::from(size).min(8);

@@ -21,8 +21,36 @@ pub struct MemFault {
 
 use crate::sem::Exception;
 
+/// The repeated string operations memory can run in bulk ([`GuestMem::string_bulk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StringOp {
+    /// REP MOVS: copy elements from the source to the destination.
+    Movs = 0,
+    /// REP STOS: store the accumulator's low bytes into elements of the destination.
+    Stos = 1,
+}
+
 /// Byte-addressed guest memory, by linear address.
 pub trait GuestMem {
+    /// Runs up to `count` forward iterations (DF = 0) of a REP MOVS/STOS with `size`-byte
+    /// elements whose next element is at linear `src` (MOVS) and `dst`, as one bulk operation,
+    /// and returns how many it ran: only whole elements on the current source and destination
+    /// pages, only where every one of them would succeed (RAM, mapped with the needed rights,
+    /// no translated code on the destination page, no overlap a forward copy would
+    /// propagate), else fewer — down to 0, which leaves the element-by-element path (exact
+    /// faults) to the caller. The default runs none.
+    fn string_bulk(
+        &mut self,
+        _op: StringOp,
+        _size: u8,
+        _src: u64,
+        _dst: u64,
+        _count: u64,
+        _value: u64,
+    ) -> u64 {
+        0
+    }
     /// Fills `buf` from linear address `addr` (a data read at the current privilege level).
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Exception>;
     /// Writes `data` at linear address `addr` (a data write at the current privilege level).

@@ -14,7 +14,8 @@
 //! from the start of the instruction (exactly what the interpreter tier leaves behind).
 
 use super::runtime::{
-    jit_div_wide, jit_load, jit_load_rmw, jit_store, BlockMeta, LinkCell, RunCtx, LINK_CELLS,
+    jit_div_wide, jit_load, jit_load_rmw, jit_store, jit_string_bulk, BlockMeta, LinkCell, RunCtx,
+    LINK_CELLS,
 };
 use crate::mmu::tlb::TLB_ENTRIES;
 use crate::mmu::TlbEntry;
@@ -87,6 +88,7 @@ struct Helpers {
     load: SigRef,
     store: SigRef,
     div: SigRef,
+    string: SigRef,
 }
 
 /// Emits the shared instruction semantics as Cranelift IR for one block.
@@ -208,6 +210,7 @@ impl<'a, 'f> JitEmitter<'a, 'f> {
             load: sig(3),
             store: sig(4),
             div: sig(5),
+            string: sig(7),
         };
         let tail_sig = b.import_signature(block_signature());
         JitEmitter {
@@ -847,6 +850,26 @@ impl Emitter for JitEmitter<'_, '_> {
             self.error = Some("control transfer inside if_then");
         }
         self.jump = Some(target);
+    }
+
+    fn string_bulk(
+        &mut self,
+        op: crate::mem::StringOp,
+        size: u8,
+        src: Value,
+        dst: Value,
+        count: Value,
+        value: Value,
+    ) -> Value {
+        let op = self.imm(op as u64);
+        let size = self.imm(u64::from(size));
+        let f = jit_string_bulk
+            as unsafe extern "C" fn(*mut RunCtx<'_>, u64, u64, u64, u64, u64, u64) -> u64;
+        self.helper(
+            self.helpers.string,
+            f as usize,
+            &[self.ctx, op, size, src, dst, count, value],
+        )
     }
 
     fn load(&mut self, addr: Value, size: u8) -> Result<Value, Exception> {

@@ -258,6 +258,31 @@ pub unsafe extern "C" fn jit_div_wide(
     }
 }
 
+/// A bulk run of REP MOVS (`op` 0) or STOS (1) through the memory
+/// ([`crate::mem::GuestMem::string_bulk`]); returns the elements done.
+///
+/// # Safety
+/// As for [`jit_load`].
+pub unsafe extern "C" fn jit_string_bulk(
+    ctx: *mut RunCtx<'_>,
+    op: u64,
+    size: u64,
+    src: u64,
+    dst: u64,
+    count: u64,
+    value: u64,
+) -> u64 {
+    // SAFETY: as in jit_load.
+    let ctx = unsafe { &mut *ctx };
+    let op = match op {
+        0 => crate::mem::StringOp::Movs,
+        1 => crate::mem::StringOp::Stos,
+        _ => return 0,
+    };
+    let size = u8::try_from(size).unwrap_or(0);
+    ctx.mem.string_bulk(op, size, src, dst, count, value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use super::phys::PhysMem;
 use super::tlb::{FastPath, MmuStats, Tlb, TlbEntry};
 use super::walk::{walk, Translation};
 use super::{Access, PagingContext, PagingMode, PAGE_SIZE};
-use crate::mem::GuestMem;
+use crate::mem::{GuestMem, StringOp};
 use crate::sem::Exception;
 use crate::state::CpuState;
 use crate::system::TlbFlush;
@@ -47,6 +47,8 @@ pub struct SystemMem {
     /// The TLB halves of explicit accesses at the current privilege ([`GuestMem::fast_path`]),
     /// kept with `half` (the arrays are boxed: the pointers survive moves of `self`).
     fast: FastPath,
+    /// REP MOVS/STOS run one element per execution ([`SystemMem::set_precise_strings`]).
+    precise_strings: bool,
 }
 
 // SAFETY: the only non-Send fields are the TLB's host pointers, which point into `phys`'s RAM
@@ -81,7 +83,16 @@ impl SystemMem {
             code_writes: Vec::new(),
             stats: MmuStats::default(),
             fast,
+            precise_strings: false,
         }
+    }
+
+    /// With `on`, REP MOVS/STOS run one element per execution, as a single-stepped CPU
+    /// retires them (the instruction trace and lockstep need that); off (the default), each
+    /// execution first runs the elements on the current pages in bulk
+    /// ([`GuestMem::string_bulk`]).
+    pub fn set_precise_strings(&mut self, on: bool) {
+        self.precise_strings = on;
     }
 
     /// The fast-path halves of `tlb` for explicit accesses in `half`.
@@ -499,6 +510,80 @@ impl GuestMem for SystemMem {
         }
         pages.append(&mut self.code_writes);
         true
+    }
+
+    fn string_bulk(
+        &mut self,
+        op: StringOp,
+        size: u8,
+        src: u64,
+        dst: u64,
+        count: u64,
+        value: u64,
+    ) -> u64 {
+        if self.precise_strings || !matches!(size, 1 | 2 | 4 | 8) {
+            return 0;
+        }
+        let size64 = u64::from(size);
+        let (src, dst) = (src & self.linear_mask, dst & self.linear_mask);
+        // Whole elements left on the page of `a` (an element straddling the end: none).
+        let room = |a: u64| (PAGE_SIZE - (a & (PAGE_SIZE - 1))) / size64;
+        let mut n = count.min(room(dst));
+        if op == StringOp::Movs {
+            n = n.min(room(src));
+        }
+        if n == 0 {
+            return 0;
+        }
+        let half = self.half;
+        // Translating for writing sets the accessed and dirty flags, as the first store would.
+        let Ok(d) = self.target(dst, Access::Write, half, false) else {
+            return 0;
+        };
+        if d.watched || d.host.is_null() {
+            return 0;
+        }
+        let len = (n * size64) as usize;
+        let off = (dst & (PAGE_SIZE - 1)) as usize;
+        // SAFETY: `d.host` is the host address of a whole RAM page (RamPage contract) and
+        // `off + len` <= PAGE_SIZE by the room computation.
+        let to = unsafe { d.host.add(off) };
+        match op {
+            StringOp::Stos => {
+                let pattern = value.to_le_bytes();
+                let elem = &pattern[..usize::from(size)];
+                for i in 0..n as usize {
+                    // SAFETY: within the page, as above.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            elem.as_ptr(),
+                            to.add(i * elem.len()),
+                            elem.len(),
+                        )
+                    };
+                }
+            }
+            StringOp::Movs => {
+                let Ok(s) = self.target(src, Access::Read, half, false) else {
+                    return 0;
+                };
+                if s.host.is_null() {
+                    return 0;
+                }
+                // SAFETY: as for the destination.
+                let from = unsafe { s.host.add((src & (PAGE_SIZE - 1)) as usize) };
+                let (f, t) = (from as usize, to as usize);
+                if t > f && t < f + len {
+                    // A forward copy onto its own tail replicates: element by element.
+                    return 0;
+                }
+                // SAFETY: both ranges lie in RAM pages; with the destination below (or
+                // disjoint from) the source, `copy` (memmove) equals the forward copy.
+                unsafe { std::ptr::copy(from, to, len) };
+            }
+        }
+        self.stats.hits += 1;
+        n
     }
 
     #[inline]

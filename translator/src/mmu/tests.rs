@@ -1041,3 +1041,56 @@ fn hit_cost() {
     println!("hit: read {read:.2} ns, write {write:.2} ns, dyn read {dyn_read:.2} ns ({sum})");
     assert!(read < 20.0 && write < 20.0);
 }
+
+#[test]
+fn string_bulk_runs_whole_elements_on_the_current_pages_only() {
+    use crate::mem::StringOp;
+    let mut s = SystemMem::new(Box::new(phys())); // paging off: linear = physical
+                                                  // STOS of dwords: stops at the end of the destination page.
+    assert_eq!(
+        s.string_bulk(StringOp::Stos, 4, 0, 0x1ff0, 100, 0xaabb_ccdd),
+        4
+    );
+    let mut b = [0u8; 20];
+    s.read(0x1ff0, &mut b).unwrap();
+    assert_eq!(&b[..16], [0xdd, 0xcc, 0xbb, 0xaa].repeat(4));
+    assert_eq!(&b[16..], [0; 4], "the next page is untouched");
+    // An element straddling the page end is left to the element path.
+    assert_eq!(s.string_bulk(StringOp::Stos, 8, 0, 0x2ffc, 3, 0), 0);
+    // MOVS: bounded by the source page too; a disjoint copy is a memmove.
+    s.write(0x3000, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    assert_eq!(s.string_bulk(StringOp::Movs, 1, 0x3000, 0x5000, 8, 0), 8);
+    s.read(0x5000, &mut b[..8]).unwrap();
+    assert_eq!(&b[..8], [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(s.string_bulk(StringOp::Movs, 2, 0x3ffe, 0x6000, 8, 0), 1);
+    // Destination just above the source: a forward copy replicates, so nothing in bulk;
+    // destination below the source: fine.
+    assert_eq!(s.string_bulk(StringOp::Movs, 1, 0x3000, 0x3001, 4, 0), 0);
+    assert_eq!(s.string_bulk(StringOp::Movs, 1, 0x3001, 0x3000, 4, 0), 4);
+    s.read(0x3000, &mut b[..5]).unwrap();
+    assert_eq!(&b[..5], [2, 3, 4, 5, 5]);
+    // A page holding translations is never written in bulk (the element path reports it).
+    s.watch_code_page(0x7);
+    assert_eq!(s.string_bulk(StringOp::Stos, 1, 0, 0x7000, 16, 0x90), 0);
+    // Outside RAM (the VecPhys is 4 MiB): nothing.
+    assert_eq!(s.string_bulk(StringOp::Stos, 1, 0, 0x40_0000, 16, 0), 0);
+    // Precise mode: never.
+    s.set_precise_strings(true);
+    assert_eq!(s.string_bulk(StringOp::Stos, 1, 0, 0x8000, 16, 0), 0);
+}
+
+#[test]
+fn string_bulk_respects_page_protection() {
+    use crate::mem::StringOp;
+    // A 4-level mapping of one read-only user page: a bulk store must not write it.
+    let mode = PagingMode::FourLevel;
+    let mut m = phys();
+    map4k(&mut m, mode, P | RW | US, P | US); // a user page, not writable
+    let mut s = SystemMem::new(Box::new(m));
+    s.set_paging_context(ctx(mode, 3));
+    let lin = linear_of(mode);
+    assert_eq!(s.string_bulk(StringOp::Stos, 1, 0, lin, 16, 0xff), 0);
+    let mut b = [0u8; 1];
+    s.read(lin, &mut b).unwrap();
+    assert_eq!(b[0], 0);
+}

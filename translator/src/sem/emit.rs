@@ -145,6 +145,17 @@ pub trait Emitter {
     /// Loads the destination of a read-modify-write instruction: like [`Emitter::load`], but
     /// translated for writing ([`crate::mem::GuestMem::read_for_write`]).
     fn load_rmw(&mut self, addr: Self::V, size: u8) -> Result<Self::V, Exception>;
+    /// Runs up to `count` iterations of a forward REP MOVS/STOS in bulk
+    /// ([`crate::mem::GuestMem::string_bulk`]); returns how many ran (0: use the element path).
+    fn string_bulk(
+        &mut self,
+        op: crate::mem::StringOp,
+        size: u8,
+        src: Self::V,
+        dst: Self::V,
+        count: Self::V,
+        value: Self::V,
+    ) -> Self::V;
     /// Stores the low `size` bytes of `v` at linear address `addr`.
     fn store(&mut self, addr: Self::V, v: Self::V, size: u8) -> Result<(), Exception>;
     /// Raises `exc` when `cond` != 0; the instruction has made no architectural change yet.

@@ -1,13 +1,23 @@
 //! String instructions: MOVS, STOS, LODS, CMPS, SCAS with REP/REPE/REPNE and the direction flag.
 //!
-//! One execution performs at most one element (QEMU's approach): with a REP prefix the
-//! instruction checks the count register first (zero: nothing happens, no flags change), moves
-//! one element, decrements the count, and leaves RIP on itself while the count is not exhausted
-//! (and, for CMPS/SCAS, the REPE/REPNE condition holds). A repeated string therefore ends its
-//! translation block after every element, which keeps both tiers simple and exceptions precise:
-//! a fault in iteration k leaves rCX/rSI/rDI as after iteration k - 1 and RIP at the
-//! instruction, exactly what the CPU reports, and interrupts are taken between elements at block
-//! boundaries as on hardware.
+//! One execution performs at most one element by the semantics (QEMU's approach): with a REP
+//! prefix the instruction checks the count register first (zero: nothing happens, no flags
+//! change), moves one element, decrements the count, and leaves RIP on itself while the count
+//! is not exhausted (and, for CMPS/SCAS, the REPE/REPNE condition holds). A repeated string
+//! therefore ends its translation block after every element, which keeps both tiers simple and
+//! exceptions precise: a fault in iteration k leaves rCX/rSI/rDI as after iteration k - 1 and
+//! RIP at the instruction, exactly what the CPU reports, and interrupts are taken between
+//! elements at block boundaries as on hardware.
+//!
+//! Bulk: a 64-bit-address REP MOVS/STOS with DF = 0 first asks the memory to run the elements
+//! left on the current source and destination pages at once
+//! ([`crate::mem::GuestMem::string_bulk`]: only where none of them could fault, touch MMIO or
+//! rewrite translated code), advances rCX/rSI/rDI past them, then runs one more element as
+//! above. The kernel clears and copies pages and user buffers with `rep stos`/`rep movs`; one
+//! dispatch per element made that ~1000× slower than a memset. Such an execution counts as one
+//! instruction. `SystemMem::set_precise_strings` turns the bulk step off (the instruction
+//! trace and lockstep, which compare per element with KVM's single-step), and memories
+//! without it (`FlatMem`) never run elements in bulk.
 //!
 //! Source operands are seg:rSI (DS unless overridden), destinations ES:rDI (no override). The
 //! address size (16/32/64 by mode and 0x67) picks SI/ESI/RSI, DI/EDI/RDI and CX/ECX/RCX, which
@@ -17,6 +27,7 @@ use super::emit::{Emitter, Seg};
 use super::flags::{self, CcOp, Flag, Lazy, ARITH};
 use super::operand::{linear, load, read_reg_bits, segment_of, store, write_reg_bits};
 use super::Exception;
+use crate::mem::StringOp;
 use crate::state::reg::{RAX, RCX, RDI, RSI};
 use crate::state::rflags;
 use iced_x86::{Instruction, Mnemonic, OpKind};
@@ -38,6 +49,43 @@ fn address_bits(insn: &Instruction) -> Option<u32> {
         OpKind::MemorySegESI | OpKind::MemoryESEDI => Some(32),
         OpKind::MemorySegRSI | OpKind::MemoryESRDI => Some(64),
         _ => None,
+    })
+}
+
+/// The bulk step of a 64-bit-address REP MOVS/STOS with DF = 0: the memory runs as many of the
+/// remaining elements on the current pages as it can at once; the registers advance past them
+/// and the element path continues from there (see the module docs).
+fn bulk<E: Emitter>(e: &mut E, insn: &Instruction, op: Op, bytes: u32) -> Result<(), Exception> {
+    let count = read_reg_bits(e, RCX, 64);
+    let r = e.rflags();
+    let df = e.bit(r, rflags::DF.trailing_zeros());
+    let forward = e.eq_i(df, 0);
+    let some = e.ne_i(count, 0);
+    let go = e.and(forward, some);
+    e.if_then(go, |e| {
+        let si = read_reg_bits(e, RSI, 64);
+        let di = read_reg_bits(e, RDI, 64);
+        let src = match op {
+            Op::Movs => linear(e, segment_of(insn), si)?,
+            _ => e.imm(0),
+        };
+        let dst = linear(e, Seg::Es, di)?;
+        let value = read_reg_bits(e, RAX, bytes * 8);
+        let kind = match op {
+            Op::Movs => StringOp::Movs,
+            _ => StringOp::Stos,
+        };
+        let done = e.string_bulk(kind, bytes as u8, src, dst, count, value);
+        let moved = e.shl_i(done, bytes.trailing_zeros());
+        let left = e.sub(count, done);
+        write_reg_bits(e, RCX, 64, left);
+        let d = e.add(di, moved);
+        write_reg_bits(e, RDI, 64, d);
+        if op == Op::Movs {
+            let s = e.add(si, moved);
+            write_reg_bits(e, RSI, 64, s);
+        }
+        Ok(())
     })
 }
 
@@ -66,6 +114,9 @@ pub fn string<E: Emitter>(e: &mut E, insn: &Instruction) -> Result<(), Exception
     // region), so start from complete flags.
     if compares {
         flags::materialize(e);
+    }
+    if rep && abits == 64 && matches!(op, Op::Movs | Op::Stos) {
+        bulk(e, insn, op, bytes)?;
     }
     let count = read_reg_bits(e, RCX, abits);
     let body = |e: &mut E| -> Result<(), Exception> {
