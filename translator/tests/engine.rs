@@ -753,3 +753,69 @@ fn a_new_translation_epoch_breaks_chains() {
         );
     }
 }
+
+/// REP STOS/MOVS over the full-system memory: the bulk path (several pages, a misaligned
+/// start, a copy whose source and destination overlap) leaves exactly the state of the
+/// element-by-element path under every policy; only the instruction count differs.
+#[test]
+fn bulk_string_instructions_match_the_element_path() {
+    use ringzero_translator::mmu::{SystemMem, VecPhys};
+    let mem = assemble(|a| {
+        a.mov(rdi, 0x3003u64)?;
+        a.mov(rcx, 5000u64)?;
+        a.mov(eax, 0x1122_3344u32)?;
+        a.rep().stosd()?;
+        a.mov(rsi, 0x3003u64)?;
+        a.mov(rdi, 0x9001u64)?;
+        a.mov(rcx, 9000u64)?;
+        a.rep().movsb()?;
+        // Overlapping, destination below the source (bulk), then above it (element path).
+        a.mov(rsi, 0x9101u64)?;
+        a.mov(rdi, 0x9001u64)?;
+        a.mov(rcx, 700u64)?;
+        a.rep().movsq()?;
+        a.mov(rsi, 0x9001u64)?;
+        a.mov(rdi, 0x9011u64)?;
+        a.mov(rcx, 300u64)?;
+        a.rep().movsb()?;
+        a.int3()
+    });
+    let image = {
+        let mut m = mem.clone();
+        let mut b = vec![0u8; 0x200];
+        m.read(CODE, &mut b).expect("code");
+        b
+    };
+    for policy in POLICIES {
+        let run = |precise: bool| {
+            let mut phys = VecPhys::new(0x10_0000);
+            phys.bytes_mut()[CODE as usize..CODE as usize + image.len()].copy_from_slice(&image);
+            let mut m = SystemMem::new(Box::new(phys));
+            m.set_precise_strings(precise);
+            // The memory keeps its initial context (paging off, CPL 0): linear = physical.
+            let mut c = cpu(64);
+            let mut engine = Engine::with_policy(policy).expect("engine");
+            let mut total = 0;
+            let end = loop {
+                let exit = engine.run(&mut c, &mut m, 1_000_000);
+                total += exit.executed;
+                if exit.reason != StopReason::Budget {
+                    break exit.reason;
+                }
+            };
+            assert_eq!(end, StopReason::Exception(Exception::cpu(3)), "{policy:?}");
+            let mut bytes = vec![0u8; 0x8000];
+            m.read(0x3000, &mut bytes).expect("data");
+            (c, bytes, total)
+        };
+        let (bulk_cpu, bulk_mem, bulk_n) = run(false);
+        let (elem_cpu, elem_mem, elem_n) = run(true);
+        assert_eq!(bulk_cpu, elem_cpu, "{policy:?}");
+        assert!(bulk_mem == elem_mem, "{policy:?}: memory differs");
+        assert!(
+            bulk_n < elem_n / 10,
+            "{policy:?}: {bulk_n} vs {elem_n} instructions"
+        );
+        assert_eq!(bulk_cpu.gpr[reg::RCX], 0);
+    }
+}
