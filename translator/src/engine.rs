@@ -456,27 +456,42 @@ impl Engine {
                     self.stats.chain_hits += 1;
                     s
                 }
-                None if let Some((s, phys)) = self.jumps.get(&block).filter(|_| self.chaining) => {
-                    self.stats.jump_cache_hits += 1;
-                    if let Some(p) = prev {
-                        self.link(p, CacheKey { phys, block }, s);
-                    }
-                    s
-                }
                 None => {
-                    let linear = fetch_linear_of(&block, cs_base, cpu.rip);
-                    let key = match mem.code_phys(linear) {
-                        Ok(phys) => CacheKey { phys, block },
-                        Err(e) => {
-                            return EngineExit {
-                                executed,
-                                reason: StopReason::Exception(e),
-                            }
+                    let cached = if self.chaining {
+                        self.jumps.get(&block)
+                    } else {
+                        None
+                    };
+                    // An entry from this epoch vouches for the mapping; an older one is checked
+                    // against the TLB (a page-table change since then may have moved the code).
+                    let fresh = cached.filter(|&(_, _, epoch)| epoch == self.epoch);
+                    let (key, found) = match fresh {
+                        Some((s, phys, _)) => (CacheKey { phys, block }, Some(s)),
+                        None => {
+                            let linear = fetch_linear_of(&block, cs_base, cpu.rip);
+                            let phys = match mem.code_phys(linear) {
+                                Ok(phys) => phys,
+                                Err(e) => {
+                                    return EngineExit {
+                                        executed,
+                                        reason: StopReason::Exception(e),
+                                    }
+                                }
+                            };
+                            let same = cached.filter(|&(_, p, _)| p == phys).map(|(s, _, _)| s);
+                            (CacheKey { phys, block }, same)
                         }
                     };
-                    let s = match self.index.get(&key) {
-                        Some(&s) => {
-                            self.stats.cache_hits += 1;
+                    let s = match found.or_else(|| {
+                        self.index
+                            .get(&key)
+                            .copied()
+                            .inspect(|_| self.stats.cache_hits += 1)
+                    }) {
+                        Some(s) => {
+                            if found.is_some() {
+                                self.stats.jump_cache_hits += 1;
+                            }
                             s
                         }
                         None => match self.translate(cpu, mem, key) {
@@ -492,7 +507,7 @@ impl Engine {
                     if let Some(p) = prev {
                         self.link(p, key, s);
                     }
-                    self.jumps.insert(block, s, key.phys);
+                    self.jumps.insert(block, s, key.phys, self.epoch);
                     s
                 }
             };
@@ -565,7 +580,14 @@ impl Engine {
     /// as a TLB entry, which the CPU may also keep using until it is flushed.
     pub fn new_translation_epoch(&mut self) {
         // Never back to 0 (the epoch of unlinked cells); 2^64 epochs do not happen anyway.
+        // Jump-cache entries of older epochs stay, to be checked against the TLB when used.
         self.epoch = self.epoch.wrapping_add(1).max(1);
+    }
+
+    /// Forgets every shortcut to a slot (memos are reset by the caller): blocks were dropped,
+    /// so slots may be reused and link cells must not be followed.
+    fn drop_links(&mut self) {
+        self.new_translation_epoch();
         self.jumps.clear();
     }
 
@@ -743,7 +765,7 @@ impl Engine {
             for entry in self.slots.iter_mut().flatten() {
                 entry.next = [None, None];
             }
-            self.new_translation_epoch();
+            self.drop_links();
             self.stats.blocks_invalidated += victims.len() as u64;
             log::debug!(
                 "engine: invalidated {} blocks in {phys_start:#x}+{len:#x}",
@@ -758,7 +780,7 @@ impl Engine {
         let n = self.index.len();
         self.stats.blocks_invalidated += n as u64;
         // Link cells of the dropped blocks must never be followed again.
-        self.new_translation_epoch();
+        self.drop_links();
         self.slots.clear();
         self.free.clear();
         self.index.clear();

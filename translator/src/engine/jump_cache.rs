@@ -3,10 +3,13 @@
 //! successor memo misses — returns, indirect calls and jumps, the first entry after the
 //! monitor — before translating the fetch address and hashing into the code cache's map.
 //!
-//! Like the successor memos it vouches for the linear → physical mapping of the fetch address,
-//! so it is valid for one translation epoch and is cleared whenever memos are (new epoch,
-//! invalidation, flush). Clearing is O(1): entries carry the generation they were filled in.
-//! (QEMU keeps the same structure per CPU, `tb_jmp_cache`, for the same reason.)
+//! An entry filled in the current translation epoch vouches for the linear → physical mapping
+//! of the fetch address, as a successor memo does; an entry from an older epoch (a TLB flush or
+//! CR3 write since) still names the right slot if the fetch address translates to the same
+//! physical address, which the engine checks through the TLB — far cheaper than hashing into
+//! the code cache, and page-table churn (munmap, fork, context switches) no longer empties it.
+//! Invalidation and flushes (slots may be reused) clear it, in O(1): entries carry the
+//! generation they were filled in. (QEMU keeps the same structure per CPU, `tb_jmp_cache`.)
 
 use crate::jit::BlockKey;
 
@@ -20,6 +23,8 @@ struct Entry {
     generation: u64,
     slot: u32,
     phys: u64,
+    /// The translation epoch it was filled in.
+    epoch: u64,
 }
 
 /// Block start → (slot, physical address of its first byte), for the current generation.
@@ -42,6 +47,7 @@ impl JumpCache {
             generation: 0,
             slot: 0,
             phys: 0,
+            epoch: 0,
         };
         JumpCache {
             entries: vec![empty; ENTRIES].into_boxed_slice(),
@@ -53,14 +59,15 @@ impl JumpCache {
         ((start ^ (start >> 12) ^ (start >> 24)) as usize) & (ENTRIES - 1)
     }
 
-    /// The slot and physical address recorded for `key` in this generation.
-    pub(crate) fn get(&self, key: &BlockKey) -> Option<(u32, u64)> {
+    /// The slot, physical address and translation epoch recorded for `key` in this generation.
+    pub(crate) fn get(&self, key: &BlockKey) -> Option<(u32, u64, u64)> {
         let e = self.entries.get(Self::index(key.start))?;
-        (e.generation == self.generation && e.key == *key).then_some((e.slot, e.phys))
+        (e.generation == self.generation && e.key == *key).then_some((e.slot, e.phys, e.epoch))
     }
 
-    /// Records that `key` runs the block in `slot`, whose first byte is at `phys`.
-    pub(crate) fn insert(&mut self, key: BlockKey, slot: u32, phys: u64) {
+    /// Records that `key` runs the block in `slot`, whose first byte is at `phys`, as seen in
+    /// translation epoch `epoch`.
+    pub(crate) fn insert(&mut self, key: BlockKey, slot: u32, phys: u64, epoch: u64) {
         let generation = self.generation;
         if let Some(e) = self.entries.get_mut(Self::index(key.start)) {
             *e = Entry {
@@ -68,6 +75,7 @@ impl JumpCache {
                 generation,
                 slot,
                 phys,
+                epoch,
             };
         }
     }
@@ -96,20 +104,20 @@ mod tests {
     fn hits_only_the_same_key_in_the_same_generation() {
         let mut c = JumpCache::new();
         assert_eq!(c.get(&key(0x1000, 0)), None);
-        c.insert(key(0x1000, 0), 7, 0x5000);
-        assert_eq!(c.get(&key(0x1000, 0)), Some((7, 0x5000)));
+        c.insert(key(0x1000, 0), 7, 0x5000, 3);
+        assert_eq!(c.get(&key(0x1000, 0)), Some((7, 0x5000, 3)));
         assert_eq!(c.get(&key(0x1000, 3)), None, "other CPL");
         // A colliding start replaces the entry (direct-mapped).
         let other = (0x1000..)
             .step_by(0x10)
             .find(|&s| s != 0x1000 && JumpCache::index(s) == JumpCache::index(0x1000))
             .unwrap();
-        c.insert(key(other, 0), 9, 0x6000);
+        c.insert(key(other, 0), 9, 0x6000, 3);
         assert_eq!(c.get(&key(0x1000, 0)), None);
-        assert_eq!(c.get(&key(other, 0)), Some((9, 0x6000)));
+        assert_eq!(c.get(&key(other, 0)), Some((9, 0x6000, 3)));
         c.clear();
         assert_eq!(c.get(&key(other, 0)), None, "cleared");
-        c.insert(key(other, 0), 1, 0x7000);
-        assert_eq!(c.get(&key(other, 0)), Some((1, 0x7000)));
+        c.insert(key(other, 0), 1, 0x7000, 4);
+        assert_eq!(c.get(&key(other, 0)), Some((1, 0x7000, 4)));
     }
 }
