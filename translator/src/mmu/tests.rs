@@ -1094,3 +1094,59 @@ fn string_bulk_respects_page_protection() {
     s.read(lin, &mut b).unwrap();
     assert_eq!(b[0], 0);
 }
+
+#[test]
+fn tlb_flushes_visit_filled_slots_and_keep_exactly_the_globals() {
+    let mut t = Tlb::new();
+    let host = std::ptr::null_mut();
+    // Enough inserts (with replacements and page flushes in between) to overflow the fill
+    // list once, so both the listed and the full-scan paths run.
+    for round in 0..3u64 {
+        for vpn in 0..1500u64 {
+            let global = vpn % 3 == 0;
+            let e = TlbEntry::new(vpn + round, (vpn + 7) << 12, host, global, 12);
+            t.insert(Access::Read, Tlb::half(vpn % 2 == 0), e);
+            t.insert(Access::Write, 0, e);
+            if vpn % 5 == 0 {
+                t.flush_page((vpn + round) << 12);
+            }
+        }
+        let globals = |t: &Tlb| {
+            let mut n = 0;
+            for acc in [Access::Read, Access::Write] {
+                for half in [false, true] {
+                    for vpn in 0..1600u64 {
+                        n += usize::from(
+                            t.lookup(acc, Tlb::half(half), vpn)
+                                .is_some_and(|e| e.global()),
+                        );
+                    }
+                }
+            }
+            n
+        };
+        let globals_before = globals(&t);
+        t.flush_non_global();
+        for acc in [Access::Read, Access::Write] {
+            for half in [false, true] {
+                for vpn in 0..1600u64 {
+                    if let Some(e) = t.lookup(acc, Tlb::half(half), vpn) {
+                        assert!(e.global(), "round {round}: a non-global entry survived");
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            t.valid_entries(),
+            globals_before,
+            "round {round}: exactly the globals stay"
+        );
+        assert!(globals_before > 0);
+        if round == 1 {
+            t.flush_all();
+            assert_eq!(t.valid_entries(), 0);
+        }
+    }
+    t.flush_all();
+    assert_eq!(t.valid_entries(), 0);
+}

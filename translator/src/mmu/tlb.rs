@@ -139,7 +139,14 @@ pub struct Tlb {
     any: bool,
     /// Some slot may hold a non-global entry.
     non_global: bool,
+    /// Slots (set × SLOTS + index) filled since the last full flush, so flushes visit only
+    /// those (a CR3 load per munmap or context switch must not scan all 3 × 1024 slots);
+    /// `None` once it grew past [`FILLED_LIMIT`] (flushes then scan everything).
+    filled: Option<Vec<u16>>,
 }
+
+/// Past this many recorded fills a flush scans every slot instead.
+const FILLED_LIMIT: usize = 3 * SLOTS;
 
 impl std::fmt::Debug for Tlb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,6 +172,7 @@ impl Tlb {
             large: None,
             any: false,
             non_global: false,
+            filled: Some(Vec::new()),
         }
     }
 
@@ -200,7 +208,18 @@ impl Tlb {
         }
         self.any = true;
         self.non_global |= !entry.global();
-        self.sets[access as usize][Self::index(half, entry.tag)] = entry;
+        let index = Self::index(half, entry.tag);
+        let slot = &mut self.sets[access as usize][index];
+        if slot.tag == INVALID {
+            if let Some(list) = &mut self.filled {
+                if list.len() < FILLED_LIMIT {
+                    list.push((access as usize * SLOTS + index) as u16);
+                } else {
+                    self.filled = None;
+                }
+            }
+        }
+        *slot = entry;
     }
 
     /// Grows the large-page region to cover the page of 2^`shift` bytes holding `linear`.
@@ -233,8 +252,23 @@ impl Tlb {
         if !self.any {
             return false;
         }
-        for set in &mut self.sets {
-            set.fill(TlbEntry::EMPTY);
+        match self.filled.take() {
+            Some(mut list) => {
+                for &s in &list {
+                    let (set, index) = (usize::from(s) / SLOTS, usize::from(s) % SLOTS);
+                    if let Some(e) = self.sets.get_mut(set).and_then(|a| a.get_mut(index)) {
+                        *e = TlbEntry::EMPTY;
+                    }
+                }
+                list.clear();
+                self.filled = Some(list);
+            }
+            None => {
+                for set in &mut self.sets {
+                    set.fill(TlbEntry::EMPTY);
+                }
+                self.filled = Some(Vec::new());
+            }
         }
         self.large = None;
         self.any = false;
@@ -248,15 +282,43 @@ impl Tlb {
             return false;
         }
         let mut any = false;
-        for set in &mut self.sets {
-            for e in set.iter_mut() {
-                if e.tag != INVALID {
-                    if e.global() {
+        match self.filled.take() {
+            Some(mut list) => {
+                // Keep the slots that still hold (global) entries on the list.
+                list.retain(|&s| {
+                    let (set, index) = (usize::from(s) / SLOTS, usize::from(s) % SLOTS);
+                    let Some(e) = self.sets.get_mut(set).and_then(|a| a.get_mut(index)) else {
+                        return false;
+                    };
+                    if e.tag == INVALID {
+                        false
+                    } else if e.global() {
                         any = true;
+                        true
                     } else {
                         *e = TlbEntry::EMPTY;
+                        false
+                    }
+                });
+                list.sort_unstable();
+                list.dedup();
+                self.filled = Some(list);
+            }
+            None => {
+                let mut list = Vec::new();
+                for (set_no, set) in self.sets.iter_mut().enumerate() {
+                    for (index, e) in set.iter_mut().enumerate() {
+                        if e.tag != INVALID {
+                            if e.global() {
+                                any = true;
+                                list.push((set_no * SLOTS + index) as u16);
+                            } else {
+                                *e = TlbEntry::EMPTY;
+                            }
+                        }
                     }
                 }
+                self.filled = Some(list);
             }
         }
         self.any = any;
