@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ringzero::cli::{Accel, BenchArgs};
 use ringzero::machine::RunOutcome;
 
 use crate::compare::{
     self, accel_name, check_verdict, esc, kvm_default_skip, num_json, parse_bench, parse_ready,
-    parse_workloads, watch_child, Bench, Column, Console, Guest, WORKLOADS,
+    parse_workloads, report_problems, watch_child, write_output, Bench, Column, Console, Guest,
+    WORKLOADS,
 };
 
 /// The QEMU binary the peers run.
@@ -596,15 +597,8 @@ pub fn bench(args: BenchArgs) -> Result<u8> {
         columns,
     };
     print!("{}", run.render());
-    if let Some(path) = &args.run.json {
-        std::fs::write(path, run.to_json())
-            .with_context(|| format!("cannot write --json {}", path.display()))?;
-    }
-    let problems = run.problems();
-    for p in &problems {
-        eprintln!("ringzero: bench: {p}");
-    }
-    Ok(if problems.is_empty() { 0 } else { 1 })
+    write_output(args.run.json.as_deref(), "--json", || run.to_json())?;
+    Ok(report_problems("bench", &run.problems()))
 }
 
 #[cfg(test)]

@@ -793,19 +793,30 @@ pub fn compare(args: CompareArgs) -> Result<u8> {
         columns,
     };
     print!("{}", cmp.render());
-    if let Some(path) = &args.run.json {
-        std::fs::write(path, cmp.to_json())
-            .with_context(|| format!("cannot write --json {}", path.display()))?;
+    write_output(args.run.json.as_deref(), "--json", || cmp.to_json())?;
+    write_output(args.svg.as_deref(), "--svg", || cmp.svg())?;
+    Ok(report_problems("compare", &cmp.problems()))
+}
+
+/// Writes `what()` to `path` when the option `flag` asked for it.
+pub(crate) fn write_output(
+    path: Option<&Path>,
+    flag: &str,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, what())
+            .with_context(|| format!("cannot write {flag} {}", path.display()))?;
     }
-    if let Some(path) = &args.svg {
-        std::fs::write(path, cmp.svg())
-            .with_context(|| format!("cannot write --svg {}", path.display()))?;
+    Ok(())
+}
+
+/// Prints `problems` to stderr as `ringzero: <command>: ...`; the exit status they make (0 or 1).
+pub(crate) fn report_problems(command: &str, problems: &[String]) -> u8 {
+    for p in problems {
+        eprintln!("ringzero: {command}: {p}");
     }
-    let problems = cmp.problems();
-    for p in &problems {
-        eprintln!("ringzero: compare: {p}");
-    }
-    Ok(if problems.is_empty() { 0 } else { 1 })
+    u8::from(!problems.is_empty())
 }
 
 #[cfg(test)]
