@@ -602,14 +602,7 @@ impl BtVcpu {
             self.last_delivered = None;
             self.shadow = false;
             self.mem.set_context(&self.cpu);
-            let rf = self.cpu.rflags & rflags::RF != 0;
-            let exit = self
-                .engine
-                .run(&mut self.cpu, &mut self.mem, if rf { 1 } else { budget });
-            self.instructions += exit.executed;
-            if rf && exit.executed > 0 {
-                self.cpu.rflags &= !rflags::RF;
-            }
+            let exit = self.run_engine(budget);
             if let StopReason::Exception(e) = exit.reason {
                 let before = self.instructions;
                 run.exit = self.handle(e, io.pio)?;
@@ -758,19 +751,12 @@ impl BtVcpu {
             // Under a shadow exactly one instruction runs before interrupts are looked at
             // again; a shadowed system instruction (`sti; hlt`) runs in the monitor below,
             // still inside the shadow, which ends with it.
-            // RF (set by IRET from a fault frame) lasts for one instruction: run that one
-            // alone, then clear it as the CPU does when an instruction completes.
-            let rf = self.cpu.rflags & rflags::RF != 0;
-            let budget = if std::mem::take(&mut self.shadow) || rf {
+            let budget = if std::mem::take(&mut self.shadow) {
                 1
             } else {
                 slice
             };
-            let exit = self.engine.run(&mut self.cpu, &mut self.mem, budget);
-            self.instructions += exit.executed;
-            if rf && exit.executed > 0 {
-                self.cpu.rflags &= !rflags::RF;
-            }
+            let exit = self.run_engine(budget);
             if let StopReason::Exception(e) = exit.reason {
                 let end = self.handle(e, io.pio)?;
                 self.write_trace_events()?;
@@ -800,11 +786,7 @@ impl BtVcpu {
             _ => None,
         };
         self.shadow = false;
-        let exit = self.engine.run(&mut self.cpu, &mut self.mem, 1);
-        self.instructions += exit.executed;
-        if exit.executed > 0 {
-            self.cpu.rflags &= !rflags::RF;
-        }
+        let exit = self.run_engine(1);
         if let (StopReason::Exception(Exception::System(_)), Some(p), Some(insn)) =
             (exit.reason, pending.as_mut(), decoded)
         {
@@ -820,6 +802,21 @@ impl BtVcpu {
             }
         }
         Ok(end)
+    }
+
+    /// Runs the engine for at most `budget` instructions and counts them. RF (set by IRET
+    /// from a fault frame) lasts for one instruction: that one runs alone, then RF clears, as
+    /// the CPU clears it when an instruction completes.
+    fn run_engine(&mut self, budget: u64) -> ringzero_translator::engine::EngineExit {
+        let rf = self.cpu.rflags & rflags::RF != 0;
+        let exit = self
+            .engine
+            .run(&mut self.cpu, &mut self.mem, if rf { 1 } else { budget });
+        self.instructions += exit.executed;
+        if rf && exit.executed > 0 {
+            self.cpu.rflags &= !rflags::RF;
+        }
+        exit
     }
 
     /// Writes the events delivered since the last record.

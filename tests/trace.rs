@@ -24,9 +24,16 @@ fn n(r: &Value) -> u64 {
     r["n"].as_u64().expect("n")
 }
 
+/// A record's `0x...` hex string field as a number.
+fn hex(v: &Value) -> u64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not a hex string: {v}"));
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
 fn rip(r: &Value) -> u64 {
-    let s = r["rip"].as_str().expect("rip");
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex rip")
+    hex(&r["rip"])
 }
 
 /// The demo's first 40,000 instructions reach ring 3 (real mode → protected → long mode →
@@ -57,10 +64,8 @@ fn records_are_well_formed_json_with_memory_accesses() {
     let w = &call["mem"].as_array().unwrap()[0];
     assert_eq!(w["op"], "w", "{call}");
     let len = call["bytes"].as_str().unwrap().len() as u64 / 2;
-    let ret = u64::from_str_radix(w["value"].as_str().unwrap().trim_start_matches("0x"), 16);
-    assert_eq!(ret.unwrap(), rip(call) + len, "{call}");
+    assert_eq!(hex(&w["value"]), rip(call) + len, "{call}");
     // A load reports what it read: the loaded register's new low bytes.
-    let hex = |v: &Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16);
     let load = ins
         .iter()
         .find(|r| {
@@ -73,8 +78,8 @@ fn records_are_well_formed_json_with_memory_accesses() {
         .expect("a byte load");
     assert_eq!(load["mem"][0]["size"], 1);
     assert_eq!(
-        hex(&load["mem"][0]["value"]).unwrap(),
-        hex(&load["writes"][0]["new"]).unwrap() & 0xff,
+        hex(&load["mem"][0]["value"]),
+        hex(&load["writes"][0]["new"]) & 0xff,
         "{load}"
     );
     assert!(
